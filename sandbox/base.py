@@ -1,0 +1,125 @@
+"""The one interface every sandbox backend implements, and the typed values that cross it.
+
+The agent loop, the tools and replay only ever see `Sandbox`; Docker and bubblewrap differ behind it.
+Results are pydantic models so that they can be recorded in trajectories unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+# Defaults from ../shared/docs/cwm-protocol.md, section 5.
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_OUTPUT_LIMIT_BYTES = 480_000
+DEFAULT_WORKDIR = "/testbed"
+
+
+class Limits(BaseModel):
+    """Resource limits applied to every sandbox (containers get them from the kernel's cgroups)."""
+
+    memory_bytes: int = 4 * 1024**3
+    cpus: float = 2.0
+    pids: int = 1024
+    # `ulimit -v` (KiB) and `ulimit -u` set by the start-up script, as in CWM's evaluation sandbox.
+    ulimit_virtual_kib: int | None = None
+    ulimit_processes: int | None = None
+
+
+class SandboxConfig(BaseModel):
+    """Everything needed to start a sandbox; the same config works for every backend."""
+
+    image: str = Field(description="Docker image (Docker backend) or root filesystem directory (bwrap)")
+    workdir: str = DEFAULT_WORKDIR
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    output_limit_bytes: int = DEFAULT_OUTPUT_LIMIT_BYTES
+    limits: Limits = Field(default_factory=Limits)
+    network: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    # Host directories to mount, host path -> (container path, "ro" | "rw"). Nothing else from the host.
+    mounts: dict[str, tuple[str, Literal["ro", "rw"]]] = Field(default_factory=dict)
+    run_id: str = "adhoc"
+    # Extra shell run at the start of every session (after the protocol's own start-up lines).
+    startup_extra: str = ""
+
+
+class CommandResult(BaseModel):
+    """What one command in the session produced.
+
+    `output` is stdout and stderr merged, decoded as UTF-8 with replacement, exactly as produced
+    (not stripped). When `timed_out`, `overflowed` or `session_died` is set the session has been
+    restarted and `output` holds whatever partial output was read (the protocol drops it).
+    """
+
+    output: str
+    exit_code: int | None
+    duration_s: float
+    timed_out: bool = False
+    overflowed: bool = False
+    session_died: bool = False
+    cwd: str | None = Field(default=None, description="session working directory after the command")
+
+    @property
+    def failed_session(self) -> bool:
+        return self.timed_out or self.overflowed or self.session_died
+
+
+class SandboxError(RuntimeError):
+    """A sandbox could not be created or used; the message says what to do."""
+
+
+class Sandbox(ABC):
+    """A started, isolated environment holding one persistent bash session.
+
+    Implementations must be safe to `close()` more than once and from signal/atexit handlers.
+    """
+
+    config: SandboxConfig
+
+    @abstractmethod
+    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        """Run `command` (any bash text, multi-line allowed) in the persistent session."""
+
+    @abstractmethod
+    def restart_session(self) -> None:
+        """Kill every process of the session and start a fresh one with the start-up script."""
+
+    @property
+    @abstractmethod
+    def cwd(self) -> str:
+        """The session's current working directory (tools resolve relative paths against it)."""
+
+    @abstractmethod
+    def read_file(self, path: str) -> bytes:
+        """Read a file; raises FileNotFoundError if it is missing (relative paths use `cwd`)."""
+
+    @abstractmethod
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a file whose parent directory exists (relative paths use `cwd`)."""
+
+    @abstractmethod
+    def copy_in(self, host_path: Path, sandbox_dir: str) -> None:
+        """Copy a host file or directory into `sandbox_dir` (created if missing)."""
+
+    @abstractmethod
+    def copy_out(self, sandbox_path: str, host_dir: Path) -> None:
+        """Copy a sandbox file or directory into the host directory `host_dir`."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop and remove the sandbox and everything it holds."""
+
+    def resolve(self, path: str) -> str:
+        """Absolute sandbox path for `path`, relative paths taken from the session's cwd."""
+        if path.startswith("/"):
+            return path
+        return str(Path(self.cwd) / path)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

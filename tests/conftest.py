@@ -1,0 +1,24 @@
+"""Shared fixtures: the sandbox base image (built by the project itself, once per machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """Tag of the project's base sandbox image, built with `agent images build` if missing."""
+    override = os.environ.get("CWM_TEST_IMAGE")
+    if override:
+        return override
+    from images.build import ensure_base_image
+
+    return ensure_base_image()
+
+
+@pytest.fixture(scope="session")
+def have_bwrap() -> bool:
+    return shutil.which("bwrap") is not None

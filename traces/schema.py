@@ -1,0 +1,134 @@
+"""The trajectory format: one JSON Lines file per episode, a header, one record per step, an ending.
+
+Every line is one of the pydantic models below, told apart by its `type` field. The file is appended
+and flushed after every step (see `traces.recorder`), so a run killed at any point keeps every
+completed step; readers tolerate a torn last line. Documented in docs/trajectory-format.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+FORMAT_VERSION = 1
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ModelInfo(BaseModel):
+    kind: str = Field(description="'completions' (CWM raw), 'chat' (OpenAI-compatible) or 'replay'")
+    name: str = ""
+    url: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    constrained: bool = False
+
+
+class ProtocolSettings(BaseModel):
+    max_turns: int = 128
+    context_size: int = 131072
+    timeout_s: float = 120.0
+    max_reply_tokens: int = 65536
+    tools: list[str] = Field(default_factory=lambda: ["bash", "edit", "create", "submit"])
+
+
+class Header(BaseModel):
+    type: Literal["header"] = "header"
+    format_version: int = FORMAT_VERSION
+    run_id: str
+    instance_id: str
+    repo: str = ""
+    commit: str = ""
+    image: str = ""
+    image_digest: str = ""
+    sandbox_backend: str = "docker"
+    workdir: str = "/testbed"
+    model: ModelInfo
+    protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
+    runner_version: str = ""
+    started_at: datetime = Field(default_factory=utc_now)
+    system_prompt: str = ""
+    user_prompt: str = ""
+    issue: str = ""
+
+
+class ToolCall(BaseModel):
+    name: str
+    body: str
+
+
+class Step(BaseModel):
+    """One model reply and what the runner did with it.
+
+    `prompt_delta` is the exact text appended to the model's input since the previous call (for the
+    first step: the whole prompt). `observation` is the message content exactly as the model will see
+    it next (with `observation_role` as its role); `output` is the tool's raw output before wrapping.
+    """
+
+    type: Literal["step"] = "step"
+    index: int
+    prompt_delta: str = ""
+    raw_reply: str
+    finish_reason: str | None = None
+    tool_call: ToolCall | None = None
+    parse_error: str | None = None
+    observation: str | None = None
+    observation_role: str | None = None
+    output: str | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    overflowed: bool = False
+    session_died: bool = False
+    cwd: str | None = None
+    command_duration_s: float | None = None
+    model_latency_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    observation_tokens: int | None = None
+    diff_stat: str | None = None
+    submission: str | None = None
+    started_at: datetime = Field(default_factory=utc_now)
+    ended_at: datetime | None = None
+
+
+class Evaluation(BaseModel):
+    resolved: bool
+    fail_to_pass: dict[str, bool] = Field(default_factory=dict)
+    pass_to_pass: dict[str, bool] = Field(default_factory=dict)
+    log: str = ""
+
+
+class Ending(BaseModel):
+    type: Literal["end"] = "end"
+    status: Literal[
+        "submitted", "max_turns", "context_exceeded", "wall_clock", "reply_too_long", "error", "interrupted"
+    ]
+    reason: str = ""
+    steps: int = 0
+    submission: str | None = None
+    sandbox_diff: str | None = None
+    final_response: str | None = None
+    evaluation: Evaluation | None = None
+    total_prompt_tokens: int = 0
+    total_completion_tokens: int = 0
+    ended_at: datetime = Field(default_factory=utc_now)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+Record = Annotated[Union[Header, Step, Ending], Field(discriminator="type")]
+RECORD_ADAPTER: TypeAdapter[Header | Step | Ending] = TypeAdapter(Record)
+
+
+class Trajectory(BaseModel):
+    """A trajectory held in memory: what `traces.recorder.read_trajectory` returns."""
+
+    header: Header
+    steps: list[Step] = Field(default_factory=list)
+    ending: Ending | None = None
+    torn_tail: bool = Field(default=False, description="the file ended in a partial line (killed run)")
