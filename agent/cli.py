@@ -1,0 +1,185 @@
+"""The `agent` command line: thin wrappers that parse options and call library functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import structlog
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="agent",
+    help="cwm-runner: run Code World Model (or any OpenAI-compatible model) as a software-engineering "
+    "agent in Docker sandboxes, and record every step as a replayable trajectory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+images_app = typer.Typer(help="Build the sandbox images (offline: bootstrapped from Debian packages).",
+                         no_args_is_help=True)
+sandbox_app = typer.Typer(help="Manage sandboxes left by earlier runs.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+app.add_typer(sandbox_app, name="sandbox")
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line and exit: the user's next step is in the message."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def doctor(
+    model: Optional[str] = typer.Option(None, help="model server URL to check", envvar="CWM_MODEL_URL"),
+) -> None:
+    """Check Docker, the base image, free disk and the model server, and say what to fix."""
+    from agent.doctor import run_checks
+
+    checks = run_checks(model, Path.cwd())
+    for check in checks:
+        mark = "[green]ok[/]" if check.ok else ("[red]FAIL[/]" if check.required else "[yellow]warn[/]")
+        fix = f"  -> {check.fix}" if check.fix and not check.ok else ""
+        console.print(f"{mark:>18}  {check.name:<13} {check.detail}{fix}", highlight=False)
+    if any(c.required and not c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@images_app.command("build")
+def images_build(
+    from_image: Optional[str] = typer.Option(
+        None, "--from", help="build FROM this registry image (e.g. debian:bookworm-slim) instead of bootstrapping"
+    ),
+    rebuild: bool = typer.Option(False, help="rebuild even if this machine has the image"),
+) -> None:
+    """Build the base sandbox image once per machine (debootstrap + docker import, cached by content hash)."""
+    from images.build import ImageBuildError, ensure_base_image
+
+    try:
+        tag = ensure_base_image(from_image=from_image, rebuild=rebuild)
+    except ImageBuildError as error:
+        fail(str(error))
+    print(tag)
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "traces" / "examples"
+DEFAULT_MODEL_URL = "http://127.0.0.1:8000/v1"
+
+
+def _read_issue(issue: Optional[str], issue_file: Optional[Path], github_issue: Optional[str]) -> str:
+    given = [x for x in (issue, issue_file, github_issue) if x is not None]
+    if len(given) != 1:
+        fail("give exactly one of --issue TEXT, --issue-file FILE or --github-issue URL")
+    if issue is not None:
+        return issue
+    if issue_file is not None:
+        try:
+            return issue_file.read_text(encoding="utf-8")
+        except OSError as error:
+            fail(f"cannot read --issue-file {issue_file}: {error.strerror}")
+    from agent.github import GitHubError, fetch_issue
+
+    try:
+        return fetch_issue(github_issue or "").text()
+    except GitHubError as error:
+        fail(str(error))
+    raise AssertionError("unreachable")
+
+
+def _step_line(step) -> str:  # noqa: ANN001 - traces.schema.Step
+    tool = step.tool_call.name if step.tool_call else ("format error" if step.parse_error else "answer")
+    code = "" if step.exit_code is None else f"exit {step.exit_code}"
+    flags = " ".join(f for f, on in (("TIMEOUT", step.timed_out), ("OVERFLOW", step.overflowed),
+                                      ("DIED", step.session_died)) if on)
+    took = (step.model_latency_s or 0) + (step.command_duration_s or 0)
+    tokens = (step.prompt_tokens or 0) + (step.completion_tokens or 0)
+    first = (step.tool_call.body.splitlines() or [""])[0][:60] if step.tool_call else ""
+    return f"{step.index:>3} {tool:<12} {code:<7}{flags:<8} {tokens:>6} tok {took:6.2f}s  {first[:40]}"
+
+
+@app.command()
+def solve(
+    repo: Optional[str] = typer.Option(None, help="repository: a local path or a git URL"),
+    commit: Optional[str] = typer.Option(None, help="commit to check out (default: HEAD)"),
+    issue: Optional[str] = typer.Option(None, help="the issue text"),
+    issue_file: Optional[Path] = typer.Option(None, help="file holding the issue text"),
+    github_issue: Optional[str] = typer.Option(None, help="https://github.com/OWNER/REPO/issues/N"),
+    model: str = typer.Option(DEFAULT_MODEL_URL, envvar="CWM_MODEL_URL",
+                              help="CWM server URL (raw /v1/completions), chat:URL, or replay:TRAJECTORY"),
+    image: Optional[str] = typer.Option(None, help="sandbox image (default: the project's base image)"),
+    output: Path = typer.Option(Path("runs/solve"), help="directory for trajectory, patch and diff"),
+    example: Optional[str] = typer.Option(None, help="run a bundled example offline, e.g. `intervals`"),
+    allow_dirty: bool = typer.Option(False, help="include uncommitted changes of a local repository"),
+    max_turns: int = typer.Option(128, help="turn limit (protocol default 128)"),
+    timeout: float = typer.Option(120.0, help="per-command timeout in seconds"),
+    wall_clock: Optional[float] = typer.Option(None, help="stop the episode after this many seconds"),
+    instance_id: Optional[str] = typer.Option(None, help="name for the output files"),
+) -> None:
+    """Solve one issue in one repository: sandbox, CWM loop, trajectory, patch."""
+    from agent.loop import LoopConfig
+    from agent.models.base import ModelError
+    from agent.models.factory import make_model
+    from agent.repo import RepoError
+    from agent.solve import SolveRequest, solve as run_solve
+    from images.build import ImageBuildError, ensure_base_image
+    from sandbox.base import SandboxConfig, SandboxError
+    from sandbox.docker import DockerSandbox
+
+    if example is not None:
+        folder = EXAMPLES_DIR / example
+        if not folder.is_dir():
+            known = ", ".join(sorted(p.name for p in EXAMPLES_DIR.iterdir() if p.is_dir()))
+            fail(f"no bundled example {example!r}; known: {known}")
+        repo = repo or str(folder / "repo")
+        issue_file = issue_file or folder / "issue.md"
+        if model == DEFAULT_MODEL_URL:
+            model = f"replay:{folder / 'trajectory.jsonl'}"
+        instance_id = instance_id or example
+    if repo is None:
+        fail("pass --repo PATH_OR_GIT_URL (or --example intervals)")
+    issue_text = _read_issue(issue, issue_file, github_issue)
+    try:
+        image = image or ensure_base_image()
+        client = make_model(model)
+    except (ImageBuildError, ModelError, ValueError) as error:
+        fail(str(error))
+    request = SolveRequest(
+        repo=repo, commit=commit, issue=issue_text, image=image, output=output, allow_dirty=allow_dirty,
+        instance_id=instance_id, loop=LoopConfig(max_turns=max_turns, wall_clock_s=wall_clock),
+        sandbox=SandboxConfig(image=image, timeout_s=timeout),
+    )
+    out = Console(soft_wrap=True)
+    out.print(f"[bold]solving[/] {repo} with {client.info.kind} model {client.info.name or model}", highlight=False)
+    try:
+        result = run_solve(request, client, DockerSandbox, on_step=lambda s: out.print(_step_line(s), highlight=False))
+    except (RepoError, ModelError, SandboxError) as error:
+        fail(str(error))
+    ending = result.ending
+    out.print(f"[bold]{ending.status}[/] after {ending.steps} steps: {ending.reason}", highlight=False)
+    out.print(f"trajectory  {result.trajectory}")
+    out.print(f"patch       {result.patch or '(none submitted)'}")
+    out.print(f"sandbox git diff {result.sandbox_diff}")
+    if ending.status != "submitted":
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    level = logging.DEBUG if os.environ.get("CWM_DEBUG") else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""`make_model(spec)`: the one place a `--model` string becomes a Model.
+
+Spec syntax:
+
+    http(s)://HOST:PORT[/v1]          CWM over raw /v1/completions (the default; exact prompt)
+    completions:http(s)://...         the same, spelled out
+    chat:http(s)://...                an OpenAI-compatible /v1/chat/completions endpoint
+    replay:PATH                       the replies recorded in a trajectory file
+
+`kind="completions" | "chat" | "replay"` chooses the client for a bare URL or path instead of a prefix
+(a prefix and a different `kind` together are an error). Keyword options go to the client and are
+validated there (see `ServerOptions`, `ChatOptions`); options whose value is None are dropped, so a
+command line can pass its unset flags through unchanged. Every failure is a ModelError of one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.models.base import Model, ModelError
+
+KINDS = ("completions", "chat", "replay")
+USAGE = (
+    "use http(s)://HOST:PORT/v1 (CWM over raw completions), chat:URL (OpenAI-compatible chat) "
+    "or replay:PATH (a recorded trajectory)"
+)
+
+
+def parse_spec(spec: str, kind: str | None = None) -> tuple[str, str]:
+    """Split a spec into (kind, target); raise ModelError naming the accepted forms."""
+    text = spec.strip()
+    if kind is not None and kind not in KINDS:
+        raise ModelError(f"unknown model kind '{kind}'; choose one of {', '.join(KINDS)}")
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in KINDS:
+        if kind is not None and kind != prefix:
+            raise ModelError(f"model spec '{spec}' says {prefix} but kind={kind} was asked for; drop one")
+        kind, text = prefix, rest.strip()
+    if not text:
+        raise ModelError(f"empty model spec '{spec}'; {USAGE}")
+    is_url = text.startswith(("http://", "https://"))
+    if kind is None:
+        if not is_url:
+            raise ModelError(f"cannot understand model spec '{spec}'; {USAGE}")
+        kind = "completions"
+    if kind in ("completions", "chat") and not is_url:
+        raise ModelError(f"model spec '{spec}' needs an http(s):// URL for a {kind} model; {USAGE}")
+    return kind, text
+
+
+def make_model(spec: str, *, kind: str | None = None, **options: Any) -> Model:
+    """Build the model client a spec names (no network traffic until first use)."""
+    kind, target = parse_spec(spec, kind)
+    given = {name: value for name, value in options.items() if value is not None}
+    if kind == "replay":
+        from agent.models.replay import ReplayModel
+
+        if given:
+            raise ModelError(f"a replay model takes no options (got {', '.join(sorted(given))})")
+        return ReplayModel(target)
+    if kind == "chat":
+        from agent.models.chat import ChatModel
+
+        return ChatModel(target, **given)
+    from agent.models.completions import CompletionsModel
+
+    return CompletionsModel(target, **given)

@@ -1,0 +1,141 @@
+"""Preparing a repository for an episode: a clean checkout on the host, then a copy at /testbed.
+
+A local git repository is cloned at the requested commit (its working tree is never touched; a dirty
+tree is refused unless the caller asks to include it). A plain directory is snapshotted into a fresh
+repository with one commit. A URL is cloned. Inside the sandbox, history that is not an ancestor of
+the commit is pruned so the model cannot read the fix from it (protocol, section 6).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import git
+from pydantic import BaseModel
+
+from sandbox.base import Sandbox
+
+URL_PATTERN = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
+
+
+class RepoError(RuntimeError):
+    """The repository cannot be prepared; the message says what to do."""
+
+
+class PreparedRepo(BaseModel):
+    """A host directory holding a clean checkout, and what it was made from."""
+
+    source: str
+    commit: str
+    path: Path
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def _snapshot(directory: Path, dest: Path) -> str:
+    """Copy a plain directory and commit it, so the sandbox has a repository with a base commit."""
+    shutil.copytree(directory, dest, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache"))
+    repo = git.Repo.init(dest, initial_branch="main")
+    repo.git.add(A=True)
+    with repo.config_writer() as config:
+        config.set_value("user", "name", "cwm-runner")
+        config.set_value("user", "email", "agent@cwm-runner.invalid")
+    repo.git.commit("-q", "-m", "Initial commit", "--no-gpg-sign")
+    return repo.head.commit.hexsha
+
+
+def prepare_repo(source: str, commit: str | None = None, allow_dirty: bool = False) -> PreparedRepo:
+    """Make a clean checkout of `source` at `commit` (default: HEAD) in a temporary directory."""
+    workspace = Path(tempfile.mkdtemp(prefix="cwm-repo-"))
+    dest = workspace / "repo"
+    try:
+        if URL_PATTERN.match(source):
+            try:
+                repo = git.Repo.clone_from(source, dest)
+            except git.GitCommandError as error:
+                raise RepoError(f"cannot clone {source}: {error.stderr.strip().splitlines()[-1:]}") from None
+            return PreparedRepo(source=source, commit=_checkout(repo, commit, source), path=dest)
+        directory = Path(source).expanduser().resolve()
+        if not directory.is_dir():
+            raise RepoError(f"{source} is not a directory or a git URL; pass --repo PATH_OR_GIT_URL")
+        top = _git_toplevel(directory)
+        if top != directory:
+            if commit:
+                raise RepoError(f"{source} is not the top of a git repository, so --commit cannot apply")
+            return PreparedRepo(source=str(directory), commit=_snapshot(directory, dest), path=dest)
+        local = git.Repo(directory)
+        if local.is_dirty(untracked_files=True) and not allow_dirty:
+            raise RepoError(
+                f"{source} has uncommitted changes; commit or stash them, or pass --allow-dirty to include them"
+            )
+        repo = git.Repo.clone_from(str(directory), dest, no_hardlinks=True)
+        sha = _checkout(repo, commit, source)
+        if allow_dirty and commit is None:
+            _overlay_working_tree(local, dest)
+        return PreparedRepo(source=str(directory), commit=sha, path=dest)
+    except BaseException:
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
+
+
+def _git_toplevel(directory: Path) -> Path | None:
+    try:
+        return Path(git.Repo(directory, search_parent_directories=True).working_tree_dir or "").resolve()
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def _checkout(repo: git.Repo, commit: str | None, source: str) -> str:
+    ref = commit or "HEAD"
+    try:
+        sha = repo.git.rev_parse("--verify", f"{ref}^{{commit}}")
+    except git.GitCommandError:
+        raise RepoError(f"{source} has no commit {ref!r}; pass an existing --commit") from None
+    repo.git.checkout("-q", "--detach", sha)
+    return sha
+
+
+def _overlay_working_tree(local: git.Repo, dest: Path) -> None:
+    """Copy modified and untracked files of a dirty tree over the clean checkout (--allow-dirty)."""
+    root = Path(local.working_tree_dir or ".")
+    changed = local.git.ls_files("-m", "-o", "--exclude-standard", "-z").split("\0")
+    for name in filter(None, changed):
+        target = dest / name
+        if (root / name).exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, target)
+    for name in filter(None, local.git.ls_files("-d", "-z").split("\0")):
+        (dest / name).unlink(missing_ok=True)
+
+
+PRUNE_HISTORY = r"""(set -e
+cd {workdir}
+git remote | xargs -r -n1 git remote remove
+git tag -l | xargs -r git tag -d >/dev/null
+head=$(git rev-parse HEAD)
+git checkout -q --detach "$head"
+git for-each-ref --format='%(refname)' | while read -r ref; do
+  if ! git merge-base --is-ancestor "$ref" "$head" 2>/dev/null; then git update-ref -d "$ref"; fi
+done
+git stash clear
+git reflog expire --expire=now --all
+git gc -q --prune=now)
+"""
+
+
+def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
+    """Copy the checkout to the sandbox's workdir, prune unrelated history, and reset the session there."""
+    workdir = sandbox.config.workdir
+    sandbox.run(f"rm -rf {workdir} && mkdir -p {workdir}")
+    sandbox.copy_in(prepared.path, str(Path(workdir).parent))
+    parent = str(Path(workdir).parent).rstrip("/")
+    if Path(workdir).name != prepared.path.name:
+        sandbox.run(f"rm -rf {workdir} && mv {parent}/{prepared.path.name} {workdir}")
+    result = sandbox.run(PRUNE_HISTORY.format(workdir=workdir))
+    if result.exit_code != 0:
+        raise RepoError(f"could not prepare the repository in the sandbox: {result.output.strip()[-300:]}")
+    sandbox.restart_session()

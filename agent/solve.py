@@ -1,0 +1,125 @@
+"""`agent solve`: one issue, one repository, one episode, end to end.
+
+instance -> sandbox (repository at /testbed) -> loop <-> model / tools -> recorder -> files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel
+
+from agent import prompts
+from agent.loop import LoopConfig, initial_messages, run_episode
+from agent.models.base import Model
+from agent.repo import PreparedRepo, place_in_sandbox, prepare_repo
+from sandbox.base import Sandbox, SandboxConfig
+from traces.recorder import Recorder
+from traces.schema import Ending, Header, ProtocolSettings, Step
+
+log = structlog.get_logger()
+
+try:
+    from importlib.metadata import version as _version
+
+    RUNNER_VERSION = _version("cwm-runner")
+except Exception:  # pragma: no cover - running from a source tree without installing
+    RUNNER_VERSION = "0+source"
+
+
+class SolveRequest(BaseModel):
+    repo: str
+    issue: str
+    commit: str | None = None
+    allow_dirty: bool = False
+    image: str
+    output: Path
+    instance_id: str | None = None
+    loop: LoopConfig = LoopConfig()
+    sandbox: SandboxConfig | None = None
+
+
+class SolveResult(BaseModel):
+    instance_id: str
+    trajectory: Path
+    patch: Path | None
+    sandbox_diff: Path
+    ending: Ending
+
+
+def default_instance_id(repo: str, issue: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(repo.rstrip("/")).name.removesuffix(".git")) or "repo"
+    return f"{name}-{hashlib.sha256(issue.encode()).hexdigest()[:8]}"
+
+
+def sandbox_git_diff(sandbox: Sandbox) -> str:
+    """The working tree's diff against the base commit, new files included, as the sandbox sees it."""
+    repo = sandbox.config.workdir
+    result = sandbox.run(
+        f"cd {repo} && git add -A -N >/dev/null 2>&1; git -c core.quotepath=off diff --no-color --no-ext-diff HEAD"
+    )
+    return result.output
+
+
+def solve(
+    request: SolveRequest,
+    model: Model,
+    open_sandbox: Callable[[SandboxConfig], Sandbox],
+    on_step: Callable[[Step], None] | None = None,
+) -> SolveResult:
+    """Prepare the repository, run the episode, and write trajectory, patch and sandbox diff."""
+    instance_id = request.instance_id or default_instance_id(request.repo, request.issue)
+    output = request.output
+    output.mkdir(parents=True, exist_ok=True)
+    prepared: PreparedRepo = prepare_repo(request.repo, request.commit, request.allow_dirty)
+    config = request.sandbox or SandboxConfig(image=request.image)
+    config = config.model_copy(update={"image": request.image, "timeout_s": config.timeout_s})
+    system = prompts.system_prompt(
+        timeout=f"{config.timeout_s:g}-second", context=request.loop.context_size, turns=request.loop.max_turns
+    )
+    user = prompts.truncate_left(
+        prompts.issue_prompt(request.issue, repo_root=config.workdir), prompts.MAX_USER_TOKENS, model.count_tokens
+    )
+    header = Header(
+        run_id=config.run_id if config.run_id != "adhoc" else uuid.uuid4().hex[:12],
+        instance_id=instance_id, repo=request.repo, commit=prepared.commit, image=request.image,
+        workdir=config.workdir, model=model.info, runner_version=RUNNER_VERSION,
+        protocol=ProtocolSettings(
+            max_turns=request.loop.max_turns, context_size=request.loop.context_size,
+            timeout_s=config.timeout_s, max_reply_tokens=request.loop.max_reply_tokens,
+            tools=list(request.loop.tools),
+        ),
+        system_prompt=system, user_prompt=user, issue=request.issue,
+    )
+    trajectory_path = output / f"{instance_id}.traj.jsonl"
+    recorder = Recorder(trajectory_path, header)
+    diff = ""
+    try:
+        with open_sandbox(config) as sandbox:
+            place_in_sandbox(prepared, sandbox)
+            try:
+                ending = run_episode(model, sandbox, initial_messages(system, user), recorder, request.loop, on_step)
+            except BaseException as error:
+                interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+                recorder.end(Ending(status="interrupted" if interrupted else "error",
+                                    reason=f"{error.__class__.__name__}: {error}"))
+                raise
+            diff = sandbox_git_diff(sandbox)
+        ending.sandbox_diff = diff
+        recorder.end(ending)
+    finally:
+        recorder.close()
+        prepared.cleanup()
+    diff_path = output / f"{instance_id}.sandbox.diff"
+    diff_path.write_text(diff)
+    patch_path = None
+    if ending.submission is not None:
+        patch_path = output / f"{instance_id}.patch"
+        patch_path.write_text(ending.submission)
+    return SolveResult(instance_id=instance_id, trajectory=trajectory_path, patch=patch_path,
+                       sandbox_diff=diff_path, ending=ending)

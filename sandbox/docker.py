@@ -1,0 +1,555 @@
+"""Docker backend: one locked-down container per sandbox, the bash session over one exec stream.
+
+The container's PID 1 is a tiny bash loop blocked in `read` on a stdin nobody writes to: it has no
+child, survives `kill -9 -1` (the kernel never delivers it a signal from inside its namespace) and
+reaps orphans. The session is `docker exec -i bash` through the low-level API with the hijacked
+socket used directly (select() for deadlines, Docker's 8-byte frame headers stripped here), so a
+command costs one socket write and read instead of an HTTP exchange. Killing the session is one more
+exec running `kill -9 -1`; if the container is so full of processes that even that cannot start
+(fork bomb at the pids limit), the container is stopped and started again, which keeps its files.
+
+Capabilities: ALL are dropped and only CHOWN, DAC_OVERRIDE and FOWNER come back. Without them root
+in the sandbox cannot `rm -rf` a read-only tree, extract a tarball with foreign owners, or chmod
+files it does not own, and test suites whose expected results were recorded as root (SWE-bench
+grades as root) would behave differently. Nothing else (setuid, raw sockets, mknod, kill of other
+users, ptrace...) is needed; tests/sandbox/test_docker_isolation.py pins the set.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import posixpath
+import re
+import secrets
+import select
+import shlex
+import socket
+import stat
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+import structlog
+from docker import APIClient
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig
+
+from sandbox import lifecycle
+from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError
+from sandbox.reaper import owner_labels, reap_orphans
+from sandbox.session import BashSession, ChannelTimeout
+
+log = structlog.get_logger()
+
+CAP_ADD: tuple[str, ...] = ("CHOWN", "DAC_OVERRIDE", "FOWNER")
+# PID 1: blocks in `read` on the never-written stdin (OpenStdin, never attached); falls back to
+# sleeping should that stdin ever close, so it can never spin.
+KEEPER_ARGV = ["/bin/bash", "-c", "trap '' TERM INT HUP; while :; do read -r _ || sleep 3600; done"]
+KILL_ARGV = ["/bin/bash", "-c", "kill -9 -1"]
+# Files up to this size go through the session (about 1 ms); larger ones through tar archives.
+FAST_FILE_BYTES = 1024 * 1024
+_FRAME_HEADER = 8
+_RECV_BYTES = 256 * 1024
+
+_reap_lock = threading.Lock()
+_reaped_pid: int | None = None
+_api_version: str | None = None
+
+
+# -- daemon connection ----------------------------------------------------------------------------
+
+
+def connect() -> APIClient:
+    """A low-level client; raises SandboxError saying how to get a daemon if there is none."""
+    global _api_version
+    try:
+        api = APIClient(base_url=os.environ.get("DOCKER_HOST"), version=_api_version or "auto", timeout=120)
+        if _api_version is None:
+            _api_version = api.api_version  # "auto" asked the daemon once; reuse it
+        else:
+            api.ping()
+        return api
+    except (DockerException, requests.exceptions.ConnectionError) as exc:
+        raise SandboxError(
+            "cannot reach the Docker daemon: start it (e.g. `sudo systemctl start docker`) or set "
+            f"DOCKER_HOST, or use the bubblewrap backend ({exc})"
+        ) from exc
+
+
+def _reap_once(api: APIClient) -> None:
+    """Remove orphans of dead runners when a process creates its first sandbox."""
+    global _reaped_pid
+    with _reap_lock:
+        if _reaped_pid == os.getpid():
+            return
+        _reaped_pid = os.getpid()
+    try:
+        reap_orphans(api)
+    except (APIError, requests.exceptions.RequestException) as exc:
+        log.warning("sandbox.reap_failed", error=str(exc))
+
+
+def _docker_socket_paths() -> list[Path]:
+    paths = [Path("/var/run/docker.sock"), Path("/run/docker.sock")]
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        paths.append(Path(host[len("unix://") :]))
+    return [p.resolve() for p in paths if p.exists()]
+
+
+def _binds(config: SandboxConfig) -> dict[str, dict[str, str]]:
+    """config.mounts as docker binds, refusing anything that would expose the Docker socket."""
+    sockets = _docker_socket_paths()
+    binds = {}
+    for host_path, (container_path, mode) in config.mounts.items():
+        source = Path(host_path).resolve()
+        if not source.exists():
+            raise SandboxError(f"mount source {host_path} does not exist: create it or drop the mount")
+        if stat.S_ISSOCK(source.stat().st_mode) or any(s == source or source in s.parents for s in sockets):
+            raise SandboxError(f"refusing to mount {host_path}: it exposes the Docker socket to the sandbox")
+        binds[str(source)] = {"bind": container_path, "mode": mode}
+    return binds
+
+
+# -- the exec stream --------------------------------------------------------------------------------
+
+
+class ExecChannel:
+    """`session.Channel` over a hijacked `docker exec` socket (stdin=True, tty=False)."""
+
+    def __init__(self, sock_io: Any) -> None:
+        self._io = sock_io  # keep the SocketIO (and through it the HTTP response) alive
+        self._sock: socket.socket = sock_io._sock if hasattr(sock_io, "_sock") else sock_io
+        self._sock.setblocking(False)
+        self._header = bytearray()
+        self._left = 0  # payload bytes still to come in the current frame
+        self._closed = False
+
+    def send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeout()
+            _, writable, _ = select.select([], [self._sock], [], remaining)
+            if not writable:
+                raise ChannelTimeout()
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the shell is gone; recv() reports it as EOF
+            view = view[sent:]
+
+    def recv(self, deadline: float) -> bytes:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeout()
+            readable, _, _ = select.select([self._sock], [], [], remaining)
+            if not readable:
+                raise ChannelTimeout()
+            try:
+                data = self._sock.recv(_RECV_BYTES)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                return b""
+            if not data:
+                return b""
+            payload = self._demux(data)
+            if payload:
+                return payload
+
+    def _demux(self, data: bytes) -> bytes:
+        """Strip Docker's stream headers ([type, 0, 0, 0, big-endian length]) from `data`."""
+        out = bytearray()
+        i, n = 0, len(data)
+        while i < n:
+            if self._left == 0:
+                take = min(_FRAME_HEADER - len(self._header), n - i)
+                self._header += data[i : i + take]
+                i += take
+                if len(self._header) == _FRAME_HEADER:
+                    self._left = int.from_bytes(self._header[4:8], "big")
+                    self._header.clear()
+            else:
+                take = min(self._left, n - i)
+                out += data[i : i + take]
+                i += take
+                self._left -= take
+        return bytes(out)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for closer in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._io.close):
+            try:
+                closer()
+            except OSError:
+                pass
+
+
+class DockerShellHost:
+    """`session.ShellHost` for one container."""
+
+    def __init__(self, api: APIClient, container_id: str, workdir: str) -> None:
+        self._api = api
+        self._id = container_id
+        self._workdir = workdir
+
+    def open_shell(self, argv: tuple[str, ...]) -> ExecChannel:
+        try:
+            exec_id = self._api.exec_create(
+                self._id, list(argv), stdin=True, stdout=True, stderr=True, tty=False, workdir=self._workdir
+            )["Id"]
+            return ExecChannel(self._api.exec_start(exec_id, socket=True))
+        except APIError as exc:
+            raise SandboxError(f"cannot start the sandbox shell: {exc.explanation or exc}") from exc
+
+    def kill_all(self) -> None:
+        try:
+            exec_id = self._api.exec_create(self._id, KILL_ARGV, stdout=True, stderr=True)["Id"]
+            self._api.exec_start(exec_id)
+            exit_code = self._api.exec_inspect(exec_id).get("ExitCode")
+        except APIError as exc:
+            log.warning("sandbox.kill_exec_failed", error=str(exc))
+            exit_code = None
+        # `kill -9 -1` exits 0, or 1 when nothing was left to kill; anything else means the exec
+        # itself could not run (typically: no pid left for it). Then restart the container.
+        if exit_code not in (0, 1):
+            log.warning("sandbox.restarting_container", container=self._id[:12], exit_code=exit_code)
+            try:
+                self._api.kill(self._id)
+            except APIError:
+                pass  # not running any more: starting it again is all that is needed
+            self._api.wait(self._id, timeout=60)
+            try:
+                self._api.start(self._id)
+            except APIError as exc:
+                raise SandboxError(f"the sandbox container could not be restarted: {exc.explanation or exc}") from exc
+
+
+# -- archives -------------------------------------------------------------------------------------
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks, for tarfile's streaming mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buf))
+        target[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+# `_safe_member` has filtered already; tell tarfile (3.12+ warns without a filter) not to again.
+_NO_FURTHER_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Extraction filter for archives from the sandbox (untrusted): skip what would escape `dest`."""
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is None:  # Python without extraction filters: refuse anything suspicious
+        name = posixpath.normpath(member.name)
+        if name.startswith(("/", "..")) or member.isdev() or member.islnk() or member.issym():
+            log.warning("sandbox.copy_out_skipped", member=member.name)
+            return None
+        return member
+    try:
+        return data_filter(member, dest)
+    except tarfile.FilterError as exc:
+        log.warning("sandbox.copy_out_skipped", member=member.name, reason=str(exc))
+        return None
+
+
+# -- the sandbox ----------------------------------------------------------------------------------
+
+
+class DockerSandbox(Sandbox):
+    """A running container holding one persistent bash session."""
+
+    def __init__(self, config: SandboxConfig, api: APIClient | None = None) -> None:
+        self.config = config
+        self._api = api or connect()
+        self._lock = threading.RLock()  # one command (or file operation) at a time
+        self._close_lock = threading.Lock()  # separate: close() must not wait for a running command
+        self._closed = False
+        self.container_id: str | None = None
+        _reap_once(self._api)
+        self.container_id = self._create_container()
+        lifecycle.register(self)
+        try:
+            self._start_container()
+            self._session = BashSession(DockerShellHost(self._api, self.container_id, config.workdir), config)
+            self._session.start()
+        except BaseException:
+            try:
+                self.close()
+            except SandboxError:
+                pass  # the reaper removes it once this process is gone
+            raise
+        log.debug("sandbox.started", container=self.container_id[:12], image=config.image)
+
+    def _create_container(self) -> str:
+        cfg, limits = self.config, self.config.limits
+        host_config = self._api.create_host_config(
+            network_mode="bridge" if cfg.network else "none",
+            cap_drop=["ALL"],
+            cap_add=list(CAP_ADD),
+            security_opt=["no-new-privileges"],
+            mem_limit=limits.memory_bytes,
+            memswap_limit=limits.memory_bytes,
+            nano_cpus=int(limits.cpus * 1e9),
+            pids_limit=limits.pids,
+            binds=_binds(cfg),
+            ipc_mode="private",
+            log_config=LogConfig(type=LogConfig.types.NONE),
+        )
+        name = "cwm-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", cfg.run_id)[:40] + "-" + secrets.token_hex(4)
+        try:
+            created = self._api.create_container(
+                cfg.image,
+                command=KEEPER_ARGV,
+                stdin_open=True,
+                name=name,
+                hostname="sandbox",
+                working_dir=cfg.workdir,  # created by Docker if the image lacks it
+                labels=owner_labels(cfg.run_id),
+                host_config=host_config,
+            )
+        except ImageNotFound as exc:
+            raise SandboxError(
+                f"sandbox image {cfg.image} not found: build it with `agent images build`"
+            ) from exc
+        except APIError as exc:
+            raise SandboxError(f"Docker could not create the sandbox: {exc.explanation or exc}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise SandboxError("lost the Docker daemon: check that it is running (`docker info`)") from exc
+        return created["Id"]
+
+    def _start_container(self) -> None:
+        try:
+            self._api.start(self.container_id)
+        except APIError as exc:
+            raise SandboxError(f"Docker could not start the sandbox: {exc.explanation or exc}") from exc
+
+    # -- the session --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("this sandbox is closed: create a new one")
+
+    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        with self._lock:
+            self._check_open()
+            return self._session.run(command, timeout_s)
+
+    def restart_session(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._session.restart()
+
+    @property
+    def cwd(self) -> str:
+        return self._session.cwd
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _internal(self, script: str, output_limit: int) -> bytes | None:
+        """Run one of our own commands in the session; None if it did not complete normally."""
+        outcome = self._session.execute(script, timeout_s=max(60.0, self.config.timeout_s), output_limit=output_limit)
+        return outcome.output if outcome.ok else None
+
+    def read_file(self, path: str) -> bytes:
+        with self._lock:
+            self._check_open()
+            target = self.resolve(path)
+            data = self._read_small(target)
+            return data if data is not None else self._read_archive(target)
+
+    def _read_small(self, target: str) -> bytes | None:
+        """Through the session: one round trip, follows symlinks; None for large files or surprises."""
+        q = shlex.quote(target)
+        script = (
+            f"if [ -d {q} ]; then builtin printf D; elif [ ! -e {q} ]; then builtin printf N; "
+            f"elif [ ! -r {q} ]; then builtin printf R; else builtin printf O; "
+            f"command -p head -c {FAST_FILE_BYTES + 1} -- {q} | command -p base64 -w0; fi"
+        )
+        out = self._internal(script, output_limit=FAST_FILE_BYTES * 4 // 3 + 64)
+        if not out:
+            return None
+        code, payload = out[:1], out[1:]
+        if code == b"D":
+            raise IsADirectoryError(target)
+        if code == b"N":
+            raise FileNotFoundError(target)
+        if code == b"R":
+            raise PermissionError(target)
+        try:
+            data = base64.b64decode(payload, validate=True) if code == b"O" else None
+        except ValueError:
+            data = None
+        if data is None or len(data) > FAST_FILE_BYTES:
+            return None
+        return data
+
+    def _read_archive(self, target: str, depth: int = 0) -> bytes:
+        """Through the archive API, for large files: follows symlinks itself."""
+        if depth > 40:
+            raise OSError(f"too many levels of symbolic links: {target}")
+        try:
+            chunks, _ = self._api.get_archive(self.container_id, target)
+        except NotFound as exc:
+            raise FileNotFoundError(target) from exc
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(chunks))), mode="r|") as tar:
+            member = tar.next()
+            if member is None:
+                raise FileNotFoundError(target)
+            if member.isdir():
+                raise IsADirectoryError(target)
+            if member.issym():
+                link = posixpath.join(posixpath.dirname(target), member.linkname)
+                return self._read_archive(posixpath.normpath(link), depth + 1)
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise SandboxError(f"{target} is not a regular file")
+            return handle.read()
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write `data`; `mode` applies when the file is created (an edit keeps an existing mode)."""
+        with self._lock:
+            self._check_open()
+            target = self.resolve(path)
+            if not self._write_via_session(target, data, mode):
+                self._write_archive(target, data, mode)
+
+    def _write_via_session(self, target: str, data: bytes, mode: int) -> bool:
+        q, parent = shlex.quote(target), shlex.quote(posixpath.dirname(target) or "/")
+        chunks = [data[i : i + FAST_FILE_BYTES] for i in range(0, len(data), FAST_FILE_BYTES)] or [b""]
+        for index, chunk in enumerate(chunks):
+            delim = "CWM_DATA_" + secrets.token_hex(8)
+            encoded = base64.encodebytes(chunk).decode("ascii")
+            redirect = ">" if index == 0 else ">>"
+            prepare = (
+                f"if [ ! -d {parent} ]; then builtin printf N; elif [ -d {q} ]; then builtin printf D; "
+                f"else {{ [ -e {q} ] || {{ : > {q} && command -p chmod {mode:o} -- {q}; }}; }} && "
+                if index == 0
+                else "{ "
+            )
+            tail = "fi" if index == 0 else "}"
+            script = (
+                f"{prepare}command -p base64 -d {redirect} {q} <<'{delim}' && builtin printf O; {tail}\n"
+                f"{encoded}{delim}\n"
+            )
+            out = self._internal(script, output_limit=4096)
+            if out == b"N":
+                raise FileNotFoundError(f"parent directory of {target} does not exist")
+            if out == b"D":
+                raise IsADirectoryError(target)
+            if out != b"O":
+                log.info("sandbox.write_fallback", path=target, output=(out or b"")[:200])
+                return False
+        return True
+
+    def _write_archive(self, target: str, data: bytes, mode: int) -> None:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = _root_owned(tarfile.TarInfo(posixpath.basename(target)))
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        try:
+            self._api.put_archive(self.container_id, posixpath.dirname(target) or "/", buf.getvalue())
+        except NotFound as exc:
+            raise FileNotFoundError(f"parent directory of {target} does not exist") from exc
+
+    def copy_in(self, host_path: Path, sandbox_dir: str) -> None:
+        with self._lock:
+            self._check_open()
+            host_path = Path(host_path)
+            if not host_path.exists():
+                raise FileNotFoundError(host_path)
+            dest = self.resolve(sandbox_dir)
+            made = self._internal(f"command -p mkdir -p -- {shlex.quote(dest)} && builtin printf O", 4096)
+            if made != b"O":
+                raise SandboxError(f"cannot create {dest} in the sandbox: {made!r}")
+            with tempfile.TemporaryFile() as spool:  # a repository can be large: spool to disk
+                with tarfile.open(fileobj=spool, mode="w") as tar:
+                    tar.add(str(host_path), arcname=host_path.name, filter=_root_owned)
+                spool.seek(0)
+                try:
+                    self._api.put_archive(self.container_id, dest, spool)
+                except APIError as exc:
+                    raise SandboxError(f"copy into the sandbox failed: {exc.explanation or exc}") from exc
+
+    def copy_out(self, sandbox_path: str, host_dir: Path) -> None:
+        with self._lock:
+            self._check_open()
+            source = self.resolve(sandbox_path)
+            host_dir = Path(host_dir)
+            host_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                chunks, _ = self._api.get_archive(self.container_id, source)
+            except NotFound as exc:
+                raise FileNotFoundError(source) from exc
+            with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(chunks))), mode="r|") as tar:
+                for member in tar:
+                    safe = _safe_member(member, str(host_dir))
+                    if safe is not None:
+                        tar.extract(safe, str(host_dir), **_NO_FURTHER_FILTER)
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill and remove the container; idempotent, safe from atexit and signal handlers."""
+        with self._close_lock:
+            if self._closed:
+                return
+            session = getattr(self, "_session", None)
+            if session is not None:
+                try:
+                    session.close()
+                except OSError:
+                    pass
+            if self.container_id is not None:
+                try:
+                    self._api.remove_container(self.container_id, force=True, v=True)
+                except NotFound:
+                    pass
+                except (APIError, requests.exceptions.RequestException) as exc:
+                    # Stay registered: atexit retries, and the reaper removes it once we are gone.
+                    log.warning("sandbox.remove_failed", container=self.container_id[:12], error=str(exc))
+                    raise SandboxError(f"could not remove sandbox {self.container_id[:12]}: {exc}") from exc
+            self._closed = True
+            lifecycle.unregister(self)
+
+    def __repr__(self) -> str:
+        cid = (self.container_id or "?")[:12]
+        return f"DockerSandbox({self.config.image!r}, container={cid}, closed={self._closed})"

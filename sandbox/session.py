@@ -1,0 +1,298 @@
+"""The persistent bash session of a sandbox, driven over any duplex byte channel.
+
+A backend only has to start `/bin/bash --noprofile --norc` with a byte channel to it (`ShellHost.
+open_shell`) and be able to kill every process of the sandbox (`ShellHost.kill_all`); everything that
+makes the session behave like CWM's harness lives here, so the Docker and bubblewrap backends behave
+identically. Per command we send (D = random per-session heredoc delimiter, A/B/C/Z = halves of the
+random per-session sentinel markers):
+
+    IFS= builtin read -r -d '' __cwm_cmd <<'D' || :
+    <the command, byte for byte>
+    D
+    { builtin eval "$__cwm_cmd"
+    } </dev/null; builtin printf '%s%s%d %s%s%s\\n' A B "$?" "$PWD" C Z
+
+The quoted heredoc keeps the text literal (no expansion, no escaping), `read` and `eval` are builtins
+so no process is spawned per command, the `{ ...; }` group runs in the session shell so state
+persists, and `</dev/null` makes commands that read stdin see EOF at once. The sentinel line
+`AB<rc> <pwd>CZ` carries `$?` and `$PWD`; its markers are printed from two halves so that `set -x`
+traces and the command text itself never contain them. Everything before the sentinel is the
+output, byte for byte.
+
+On timeout or too much output every process is killed (`kill_all`) and a fresh shell runs the
+start-up script again; the same happens when the shell exits by itself.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from sandbox.base import CommandResult, SandboxConfig, SandboxError
+
+log = structlog.get_logger()
+
+SHELL_ARGV: tuple[str, ...] = ("/bin/bash", "--noprofile", "--norc")
+# $PWD is at most PATH_MAX; the sentinel adds markers and the exit status.
+_MAX_SENTINEL_BYTES = 4096 + 128
+_STARTUP_TIMEOUT_S = 60.0
+
+
+class ChannelTimeout(Exception):
+    """`Channel.recv` reached its deadline with nothing to return."""
+
+
+class Channel(Protocol):
+    """A duplex byte stream to the shell: its stdin one way, stdout+stderr the other."""
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write all of `data`; raise ChannelTimeout if `deadline` (time.monotonic()) passes."""
+
+    def recv(self, deadline: float) -> bytes:
+        """Next chunk of output; b"" once the shell has gone; ChannelTimeout at `deadline`."""
+
+    def close(self) -> None:
+        """Release the stream; the shell sees EOF on its stdin (idempotent)."""
+
+
+class ShellHost(Protocol):
+    """What a backend provides to a session."""
+
+    def open_shell(self, argv: tuple[str, ...]) -> Channel:
+        """Start `argv` (a bash) in the sandbox's working directory and return a channel to it."""
+
+    def kill_all(self) -> None:
+        """SIGKILL every process of the session (and anything it left behind), keeping the sandbox."""
+
+
+@dataclass
+class RawOutcome:
+    """What `BashSession.execute` read for one command, before decoding."""
+
+    output: bytes
+    exit_code: int | None
+    cwd: str | None
+    duration_s: float
+    timed_out: bool = False
+    overflowed: bool = False
+    session_died: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.timed_out or self.overflowed or self.session_died)
+
+
+def startup_script(config: SandboxConfig) -> str:
+    """The start-up script run at every session start (protocol section 6)."""
+    lines = ["export LANG=C.UTF-8 LC_ALL=C.UTF-8"]
+    if config.limits.ulimit_virtual_kib is not None:
+        lines.append(f"ulimit -v {int(config.limits.ulimit_virtual_kib)}")
+    if config.limits.ulimit_processes is not None:
+        lines.append(f"ulimit -u {int(config.limits.ulimit_processes)}")
+    for name, value in config.env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SandboxError(f"invalid environment variable name {name!r}: use letters, digits and _")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    if config.startup_extra.strip():
+        lines.append(config.startup_extra)
+    lines.append(f"cd -- {shlex.quote(config.workdir)}")
+    return "\n".join(lines) + "\n"
+
+
+class BashSession:
+    """One persistent bash; not thread-safe (the sandbox serialises calls)."""
+
+    def __init__(self, host: ShellHost, config: SandboxConfig) -> None:
+        self._host = host
+        self._config = config
+        self._channel: Channel | None = None
+        self._pending = b""  # bytes read past the last sentinel (late background output)
+        self._cwd = config.workdir
+        self._broken = False
+        self._new_secrets()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _new_secrets(self) -> None:
+        """Fresh delimiter and sentinel per shell, so nothing from an old shell can match."""
+        self._delim = "CWM_EOF_" + secrets.token_hex(12)
+        halves = [secrets.token_hex(8) for _ in range(4)]
+        self._marks = halves
+        self._start = ("\x1eCWM" + halves[0] + halves[1] + ":").encode()
+        self._end = (":" + halves[2] + halves[3] + "\x1e\n").encode()
+        self._sentinel_re = re.compile(
+            re.escape(self._start) + rb"(\d+) (.*?)" + re.escape(self._end), re.DOTALL
+        )
+
+    def start(self) -> None:
+        """Open a shell and run the start-up script; raises SandboxError if the shell can't start."""
+        self._new_secrets()
+        self._pending = b""
+        self._channel = self._host.open_shell(SHELL_ARGV)
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        # Merge stderr into stdout inside the shell itself, so their order is exact.
+        self._channel.send(b"exec 2>&1\n", deadline)
+        self._broken = False
+        outcome = self.execute(startup_script(self._config), timeout_s=_STARTUP_TIMEOUT_S, restart=False)
+        if not outcome.ok:
+            raise SandboxError(
+                "the sandbox shell did not start (start-up script "
+                f"{'timed out' if outcome.timed_out else 'failed'}): check the image has /bin/bash; "
+                f"output: {outcome.output[-500:].decode(errors='replace')!r}"
+            )
+        if outcome.exit_code:
+            log.warning(
+                "sandbox.startup_script_failed",
+                exit_code=outcome.exit_code,
+                output=outcome.output[-2000:].decode(errors="replace"),
+            )
+        self._broken = False
+
+    def restart(self) -> None:
+        """Kill every process of the session and start a fresh shell (cwd back to the workdir)."""
+        self._host.kill_all()
+        self._close_channel()
+        self._cwd = self._config.workdir
+        self.start()
+
+    def close(self) -> None:
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            try:
+                self._channel.close()
+            finally:
+                self._channel = None
+
+    @property
+    def cwd(self) -> str:
+        return self._cwd
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        """Run one command of the model; restarts the session after a timeout, overflow or exit."""
+        outcome = self.execute(command, timeout_s=timeout_s)
+        return CommandResult(
+            output=outcome.output.decode("utf-8", errors="replace"),
+            exit_code=outcome.exit_code,
+            duration_s=outcome.duration_s,
+            timed_out=outcome.timed_out,
+            overflowed=outcome.overflowed,
+            session_died=outcome.session_died,
+            cwd=self._cwd,
+        )
+
+    def execute(
+        self,
+        command: str,
+        timeout_s: float | None = None,
+        output_limit: int | None = None,
+        restart: bool = True,
+    ) -> RawOutcome:
+        """Send `command`, read up to its sentinel; on failure restart (unless `restart=False`)."""
+        if self._broken or self._channel is None:
+            # An earlier call was interrupted mid-command (e.g. KeyboardInterrupt): state unknown.
+            log.warning("sandbox.session_restart_after_interrupt")
+            self.restart()
+        timeout = self._config.timeout_s if timeout_s is None else timeout_s
+        limit = self._config.output_limit_bytes if output_limit is None else output_limit
+        started = time.monotonic()
+        deadline = started + timeout
+        self._broken = True  # cleared below only if we got through the protocol cleanly
+        try:
+            outcome = self._exchange(command, deadline, limit, started)
+        except ChannelTimeout:
+            outcome = RawOutcome(b"", None, None, time.monotonic() - started, timed_out=True)
+        if outcome.ok:
+            self._broken = False
+            self._cwd = outcome.cwd or self._cwd
+        elif restart:
+            log.info(
+                "sandbox.session_restart",
+                timed_out=outcome.timed_out,
+                overflowed=outcome.overflowed,
+                session_died=outcome.session_died,
+            )
+            self.restart()
+        return outcome
+
+    def _frame(self, command: str) -> bytes:
+        """The exact bytes sent for one command (see the module docstring)."""
+        if "\x00" in command:
+            command = command.replace("\x00", "")  # bash cannot hold NUL bytes in a string
+        a, b, c, z = self._marks
+        body = command if command.endswith("\n") else command + "\n"
+        text = (
+            f"IFS= builtin read -r -d '' __cwm_cmd <<'{self._delim}' || :\n"
+            f"{body}"
+            f"{self._delim}\n"
+            '{ builtin eval "$__cwm_cmd"\n'
+            "} </dev/null; builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' "
+            f'{a} {b} "$?" "$PWD" {c} {z}\n'
+        )
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:  # lone surrogates that did not come from undecodable bytes
+            return text.encode("utf-8", errors="replace")
+
+    def _exchange(self, command: str, deadline: float, limit: int, started: float) -> RawOutcome:
+        assert self._channel is not None
+        self._channel.send(self._frame(command), deadline)
+        buf = bytearray(self._pending)
+        self._pending = b""
+        scan_from = 0
+        # Memory stays bounded: never more than limit + one sentinel + one chunk.
+        cap = limit + _MAX_SENTINEL_BYTES
+        while True:
+            match = self._sentinel_re.search(buf, scan_from)
+            if match is not None:
+                output = bytes(buf[: match.start()])
+                self._pending = bytes(buf[match.end() :])
+                elapsed = time.monotonic() - started
+                cwd = match.group(2).decode("utf-8", errors="replace")
+                if len(output) > limit:
+                    return RawOutcome(output[:limit], None, None, elapsed, overflowed=True)
+                return RawOutcome(output, int(match.group(1)), cwd, elapsed)
+            if len(buf) > cap:
+                return RawOutcome(bytes(buf[:limit]), None, None, time.monotonic() - started, overflowed=True)
+            scan_from = max(0, len(buf) - _MAX_SENTINEL_BYTES)
+            try:
+                chunk = self._channel.recv(deadline)
+            except ChannelTimeout:
+                return RawOutcome(bytes(buf[:limit]), None, None, time.monotonic() - started, timed_out=True)
+            if not chunk:
+                return RawOutcome(bytes(buf[:limit]), None, None, time.monotonic() - started, session_died=True)
+            buf += chunk
+
+
+def prune_git_history_script(repo: str) -> str:
+    """Bash that removes every ref, remote, stash, reflog entry and object not reachable from HEAD.
+
+    Protocol section 6: the model must not be able to read the fix from the repository's future.
+    Refs whose commits are ancestors of HEAD (e.g. release tags, which setuptools-scm and
+    `git describe` need) are kept; everything else goes, then reflogs are expired and unreachable
+    objects pruned. Runs in a subshell so `set -e` and `cd` do not leak into the session.
+    """
+    return f"""(
+set -eu
+cd -- {shlex.quote(repo)}
+git rev-parse --verify -q HEAD >/dev/null
+for remote in $(git remote); do git remote remove "$remote"; done
+keep=$(git for-each-ref --merged HEAD --format='%(refname)')
+git for-each-ref --format='%(refname)' | while IFS= read -r ref; do
+  case $'\\n'"$keep"$'\\n' in *$'\\n'"$ref"$'\\n'*) ;; *) printf 'delete %s\\n' "$ref" ;; esac
+done | git update-ref --no-deref --stdin
+gitdir=$(git rev-parse --git-dir)
+rm -f -- "$gitdir"/FETCH_HEAD "$gitdir"/ORIG_HEAD "$gitdir"/MERGE_HEAD "$gitdir"/CHERRY_PICK_HEAD "$gitdir"/REVERT_HEAD
+git worktree prune
+git reflog expire --expire=now --expire-unreachable=now --all
+git -c gc.cruftPacks=false -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now gc --quiet --prune=now
+)"""
