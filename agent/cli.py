@@ -26,7 +26,7 @@ sandbox_app = typer.Typer(help="Manage sandboxes left by earlier runs.", no_args
 app.add_typer(images_app, name="images")
 app.add_typer(sandbox_app, name="sandbox")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -146,8 +146,7 @@ def solve(
     issue_text = _read_issue(issue, issue_file, github_issue)
     try:
         image = image or ensure_base_image()
-        client = make_model(model)
-    except (ImageBuildError, ModelError, ValueError) as error:
+    except ImageBuildError as error:
         fail(str(error))
     request = SolveRequest(
         repo=repo, commit=commit, issue=issue_text, image=image, output=output, allow_dirty=allow_dirty,
@@ -155,10 +154,17 @@ def solve(
         sandbox=SandboxConfig(image=image, timeout_s=timeout),
     )
     out = Console(soft_wrap=True)
-    out.print(f"[bold]solving[/] {repo} with {client.info.kind} model {client.info.name or model}", highlight=False)
+
+    def open_model():  # noqa: ANN202 - agent.models.base.Model
+        client = make_model(model)
+        out.print(f"[bold]solving[/] {repo} with {client.info.kind} model {client.info.name or model}",
+                  highlight=False)
+        return client
+
     try:
-        result = run_solve(request, client, DockerSandbox, on_step=lambda s: out.print(_step_line(s), highlight=False))
-    except (RepoError, ModelError, SandboxError) as error:
+        result = run_solve(request, open_model, DockerSandbox,
+                           on_step=lambda s: out.print(_step_line(s), highlight=False))
+    except (RepoError, ModelError, SandboxError, ValueError) as error:
         fail(str(error))
     ending = result.ending
     out.print(f"[bold]{ending.status}[/] after {ending.steps} steps: {ending.reason}", highlight=False)

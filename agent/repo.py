@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from sandbox.base import Sandbox
 
+SNAPSHOT_DATE = "2000-01-01T00:00:00+0000"
 URL_PATTERN = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
 
 
@@ -44,7 +45,10 @@ def _snapshot(directory: Path, dest: Path) -> str:
     with repo.config_writer() as config:
         config.set_value("user", "name", "cwm-runner")
         config.set_value("user", "email", "agent@cwm-runner.invalid")
-    repo.git.commit("-q", "-m", "Initial commit", "--no-gpg-sign")
+    # Fixed dates make the commit id a function of the files alone, so a replay of the same directory
+    # checks out the very same commit.
+    fixed = {"GIT_AUTHOR_DATE": SNAPSHOT_DATE, "GIT_COMMITTER_DATE": SNAPSHOT_DATE}
+    repo.git.commit("-q", "-m", "Initial commit", "--no-gpg-sign", env=fixed)
     return repo.head.commit.hexsha
 
 

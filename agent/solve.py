@@ -68,15 +68,25 @@ def sandbox_git_diff(sandbox: Sandbox) -> str:
 
 def solve(
     request: SolveRequest,
-    model: Model,
+    make_model: Callable[[], Model],
     open_sandbox: Callable[[SandboxConfig], Sandbox],
     on_step: Callable[[Step], None] | None = None,
 ) -> SolveResult:
-    """Prepare the repository, run the episode, and write trajectory, patch and sandbox diff."""
+    """Prepare the repository, run the episode, and write trajectory, patch and sandbox diff.
+
+    The model is made only once the repository is known to be usable, so a bad --repo is reported
+    before a model server is contacted.
+    """
     instance_id = request.instance_id or default_instance_id(request.repo, request.issue)
     output = request.output
-    output.mkdir(parents=True, exist_ok=True)
     prepared: PreparedRepo = prepare_repo(request.repo, request.commit, request.allow_dirty)
+    try:
+        model = make_model()
+        model_info = model.info
+    except BaseException:
+        prepared.cleanup()
+        raise
+    output.mkdir(parents=True, exist_ok=True)
     config = request.sandbox or SandboxConfig(image=request.image)
     config = config.model_copy(update={"image": request.image, "timeout_s": config.timeout_s})
     system = prompts.system_prompt(
@@ -88,7 +98,7 @@ def solve(
     header = Header(
         run_id=config.run_id if config.run_id != "adhoc" else uuid.uuid4().hex[:12],
         instance_id=instance_id, repo=request.repo, commit=prepared.commit, image=request.image,
-        workdir=config.workdir, model=model.info, runner_version=RUNNER_VERSION,
+        workdir=config.workdir, model=model_info, runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(
             max_turns=request.loop.max_turns, context_size=request.loop.context_size,
             timeout_s=config.timeout_s, max_reply_tokens=request.loop.max_reply_tokens,
