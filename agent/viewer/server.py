@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -102,10 +103,11 @@ class TrajectoryTail:
         self.first_line = b""
         self.torn_tail = False
         self.problems: list[str] = []
+        self._unterminated = False  # the last line was taken whole before its newline arrived
 
     def _restart(self) -> None:
         self.offset, self.lines, self.first_line, self.torn_tail = 0, 0, b"", False
-        self.problems = []
+        self.problems, self._unterminated = [], False
 
     def _replaced(self, handle: Any, size: int) -> bool:
         """A shorter file, or a different first line, means the file was rewritten (a new run)."""
@@ -124,7 +126,8 @@ class TrajectoryTail:
                 return result
             handle.seek(self.offset)
             data = handle.read(size - self.offset)
-        start = 0
+        start = 1 if self._unterminated and data[:1] == b"\n" else 0
+        self._unterminated = False
         while True:
             end = data.find(b"\n", start)
             if end < 0:
@@ -136,7 +139,7 @@ class TrajectoryTail:
         self.torn_tail = False
         if tail.strip():
             if self._take_line(tail, self.offset + start, result, terminated=False):
-                consumed = len(data)
+                consumed, self._unterminated = len(data), True
             else:
                 self.torn_tail = True
         self.offset += consumed
@@ -301,7 +304,10 @@ class LoadedTrajectory:
         with self.path.open("rb") as handle:
             handle.seek(at)
             line = handle.read(length)
-        step = RECORD_ADAPTER.validate_json(line)
+        try:
+            step = RECORD_ADAPTER.validate_json(line)
+        except ValidationError:
+            raise LookupError("the file changed since it was read; reload the page") from None
         return step.model_dump_json(exclude_none=True).encode("utf-8")
 
 
@@ -349,7 +355,9 @@ class Catalog:
         if not relative or "\x00" in relative:
             raise LookupError("no file named")
         candidate = (self.base / relative).resolve()
-        if not self._inside(candidate) or not candidate.name.endswith(TRAJECTORY_SUFFIX):
+        # A file named on the command line is served whatever its name; in a directory only *.traj.jsonl.
+        named = self.single or candidate.name.endswith(TRAJECTORY_SUFFIX)
+        if not self._inside(candidate) or not named:
             raise LookupError("not a trajectory under the served path")
         if not candidate.is_file():
             raise LookupError("no such trajectory")
@@ -409,11 +417,15 @@ class ViewerServer(ThreadingHTTPServer):
         self.token = token
         self.quiet = quiet
         self.host = host
-        self.cookie_name = "cwm_viewer_token"
         super().__init__((host, port), ViewerHandler)
         self.port = self.server_address[1]
         self.cookie_name = f"cwm_viewer_{self.port}"
         self._thread: threading.Thread | None = None
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the address (slow on machines without DNS)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.host, self.server_address[1]
 
     @property
     def url(self) -> str:
@@ -577,7 +589,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
         elif route.startswith("/static/"):
             self._static(route.removeprefix("/static/"), extra)
         elif route == "/api/runs":
-            body = {"root": str(catalog.path), "single": catalog.single, "rows": catalog.rows()}
+            body = {"root": _display_path(catalog.path), "single": catalog.single, "rows": catalog.rows()}
             self._json(HTTPStatus.OK, body, extra)
         elif route == "/api/trajectory":
             self._json(HTTPStatus.OK, catalog.loaded(arg("file")).payload(0), extra)
@@ -599,6 +611,14 @@ class ViewerHandler(BaseHTTPRequestHandler):
         if content_type is None:
             raise LookupError("not found")
         self._send(HTTPStatus.OK, path.read_bytes(), content_type, extra, cache="no-cache")
+
+
+def _display_path(path: Path) -> str:
+    """PATH as the user most likely typed it: relative to the working directory when inside it."""
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return str(path)
 
 
 def _non_negative(value: str | None, name: str) -> int:

@@ -76,7 +76,11 @@ export function createCharts(container, onPick, onHover) {
   return {
     update(steps) {
       const n = Math.max(steps.length, 1);
-      for (const c of [tokens, time]) { c.root.setAttribute('viewBox', `0 0 ${n} ${HEIGHT}`); c.setCount(steps.length); }
+      for (const c of [tokens, time]) {
+        c.root.setAttribute('viewBox', `0 0 ${n} ${HEIGHT}`);
+        c.cursor.setAttribute('visibility', steps.length ? 'visible' : 'hidden');
+        c.setCount(steps.length);
+      }
       const out = steps.map((s) => s.completion_tokens || 0);
       const ctx = steps.map((s) => s.prompt_tokens ?? null);
       const maxOut = maxOf(out);

@@ -111,9 +111,7 @@ export function resolvedMark(resolved) {
 
 /** Light/dark theme: follows the system until the user picks one, then remembers it. */
 export function setupTheme(button) {
-  const KEY = 'cwm-viewer-theme';
-  const saved = localStorage.getItem(KEY);
-  if (saved) document.documentElement.dataset.theme = saved;
+  const KEY = 'cwm-viewer-theme';  // read before the first paint by theme.js
   button?.addEventListener('click', () => {
     const current = document.documentElement.dataset.theme
       || (matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light');

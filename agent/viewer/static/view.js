@@ -198,7 +198,7 @@ function renderFacts(step) {
 // ---------------------------------------------------------------------------------------------
 // Navigation.
 
-function go(index, { fromKey = false } = {}) {
+function go(index, { fromKey = false, keepTab = false } = {}) {
   const n = state.steps.length;
   if (!n) return;
   const next = Math.max(0, Math.min(n - 1, index));
@@ -209,7 +209,7 @@ function go(index, { fromKey = false } = {}) {
   cell?.classList.add('cur');
   cell?.scrollIntoView({ block: 'nearest', inline: 'nearest' });
   charts.setCursor(next);
-  if (state.tab !== 'step') showTab('step');
+  if (state.tab !== 'step' && !keepTab) showTab('step');
   renderStep();
   renderPosition();
   if (fromKey) {
@@ -275,8 +275,24 @@ function timelineCell(step, i) {
 
 function renderTimeline() {
   $('timeline').replaceChildren(...state.steps.map(timelineCell));
-  $('timeline').classList.toggle('dense', state.steps.length > 150);
+  sizeTimeline();
   charts.update(state.steps);
+}
+
+/** One row of cells as wide as fits (at most 30 px); when they would get narrower than 8 px, rows of
+ *  8 px cells wrap instead. Set through CSSOM (allowed by the CSP, unlike style attributes). */
+function sizeTimeline() {
+  const timeline = $('timeline');
+  const n = Math.max(1, state.steps.length);
+  const room = timeline.clientWidth - 6;
+  const fit = (gap) => Math.min(30, Math.floor((room + gap) / n) - gap);
+  let gap = 3;
+  let width = fit(gap);
+  if (width < 10) { gap = 2; width = fit(gap); }
+  const dense = width < 10;
+  timeline.classList.toggle('dense', dense);
+  timeline.style.setProperty('--cell-w', `${width < 6 ? 8 : width}px`);
+  timeline.style.setProperty('--cell-gap', `${gap}px`);
 }
 
 function renderLegend() {
@@ -404,9 +420,9 @@ function addSteps(steps) {
   const start = state.steps.length;
   state.steps.push(...steps);
   timeline.append(...steps.map((s, k) => timelineCell(s, start + k)));
-  timeline.classList.toggle('dense', state.steps.length > 150);
+  sizeTimeline();
   charts.update(state.steps);
-  if (follow) go(state.steps.length - 1);
+  if (follow) go(state.steps.length - 1, { keepTab: true });  // a live page follows, but never switches tabs
   else { renderPosition(); charts.setCursor(state.cur); }
   renderHeader();
 }
@@ -434,10 +450,10 @@ async function load() {
   else { renderStep(); renderPosition(); }
   renderBanner();
   showTab(['task', 'result'].includes(wanted.get('tab')) ? wanted.get('tab') : 'step');
-  requestIdleCallbackish(() => { renderTask(); renderResult(); });
+  whenIdle(() => { renderTask(); renderResult(); });
 }
 
-function requestIdleCallbackish(fn) {
+function whenIdle(fn) {
   if (window.requestIdleCallback) requestIdleCallback(fn, { timeout: 300 }); else setTimeout(fn, 0);
 }
 
@@ -467,7 +483,8 @@ async function poll() {
     state.offline = true;
   }
   renderBanner();
-  if (state.live) setTimeout(poll, POLL_MS);
+  // A file silent for 15 minutes is probably a killed run: keep watching, less often.
+  if (state.live) setTimeout(poll, state.ageS > 900 ? 5 * POLL_MS : POLL_MS);
 }
 
 async function main() {
@@ -483,6 +500,7 @@ async function main() {
     if (i != null) hover(Number(i));
   });
   $('timeline').addEventListener('mouseleave', () => hover(null));
+  new ResizeObserver(() => sizeTimeline()).observe($('timeline'));
   $('prev').addEventListener('click', () => go(state.cur - 1));
   $('next').addEventListener('click', () => go(state.cur + 1));
   for (const button of $('tabs').querySelectorAll('[role=tab]')) button.addEventListener('click', () => showTab(button.dataset.tab));
