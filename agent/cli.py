@@ -11,6 +11,7 @@ from typing import Optional
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="agent",
@@ -31,7 +32,7 @@ console = Console(stderr=True, soft_wrap=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print one clear line and exit: the user's next step is in the message."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -189,6 +190,119 @@ def view(
     if not path.exists():
         fail(f"{path} does not exist; pass a .traj.jsonl file or a run directory")
     run_viewer(path, host=host, port=port, token=token, open_browser=open_browser)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="model folder or Hugging Face name (e.g. facebook/cwm)"),
+    tp: int = typer.Option(1, help="tensor-parallel size: GPUs to spread the model over"),
+    port: int = typer.Option(8000, help="port of the OpenAI-compatible server"),
+    host: str = typer.Option("127.0.0.1", help="address to bind"),
+    max_model_len: int = typer.Option(131072, help="context length (CWM: 131072)"),
+    gpu_memory_utilization: float = typer.Option(0.9, help="share of each GPU's memory vLLM may take"),
+    served_model_name: str = typer.Option("cwm", help="model name clients ask for"),
+    load_format: str = typer.Option("auto", help="'dummy' serves random weights (speed tests)"),
+) -> None:
+    """Serve CWM with vLLM (prefix caching, CWM's stop tokens) until Ctrl-C; extra args go to vLLM."""
+    from agent.serve import ServeError, ServeOptions, run_server
+
+    try:
+        options = ServeOptions(
+            model=model, tp=tp, port=port, host=host, max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization, served_model_name=served_model_name,
+            load_format=load_format, extra_args=list(ctx.args),
+        )
+        code = run_server(options)
+    except ServeError as error:
+        fail(str(error).splitlines()[0])
+    except ValueError as error:
+        fail(str(error))
+    raise typer.Exit(code)
+
+
+@app.command()
+def replay(
+    trajectory: Path = typer.Argument(..., help="trajectory file (<instance>.traj.jsonl)"),
+    verify_run: bool = typer.Option(False, "--verify",
+                                    help="re-run the episode in a fresh sandbox and compare it with the recording"),
+    repo: Optional[str] = typer.Option(None, help="repository to replay on (default: the header's; a relative "
+                                                  "path is looked up from here, then next to the trajectory)"),
+    image: Optional[str] = typer.Option(None, help="sandbox image (default: the header's)"),
+    strict: bool = typer.Option(False, help="compare observations byte for byte (no default normalisers)"),
+    normalize: list[str] = typer.Option([], "--normalize", metavar="REGEX",
+                                        help="also ignore what REGEX matches in observations (repeatable)"),
+    keep: Optional[Path] = typer.Option(None, help="keep the replayed run's files in this directory"),
+    all_diffs: bool = typer.Option(False, "--all-diffs", help="show every divergence's diff, not only the first"),
+) -> None:
+    """Show a recorded trajectory; with --verify, prove it (exit 0 identical, 1 divergence, 2 cannot replay)."""
+    from traces.normalize import NormalizerError, select
+    from traces.recorder import TrajectoryFormatError, read_trajectory
+    from traces.replay import CannotReplay, verify
+
+    out = Console(soft_wrap=True)
+    if not verify_run:
+        try:
+            recorded = read_trajectory(trajectory)
+        except TrajectoryFormatError as error:
+            fail(str(error))
+        for step in recorded.steps:
+            out.print(_step_line(step), highlight=False, markup=False)
+        ending = recorded.ending
+        out.print(f"{ending.status}: {ending.reason}" if ending else "(no ending: the run was killed)",
+                  highlight=False, markup=False)
+        return
+    try:
+        normalizers = select(strict=strict, patterns=normalize)
+    except NormalizerError as error:
+        fail(str(error))
+    try:
+        report = verify(trajectory, repo=repo, image=image, normalizers=normalizers, output=keep,
+                        on_step=lambda s: out.print(_step_line(s), highlight=False, markup=False))
+    except CannotReplay as error:
+        fail(str(error), code=2)
+    out.print(report.render(all_diffs=all_diffs), highlight=False, markup=False)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("export")
+def export(
+    trajectories: list[Path] = typer.Argument(..., help="trajectory files (<instance>.traj.jsonl)"),
+    to: str = typer.Option(..., "--to", help="swebench (predictions JSONL), swe-agent (.traj files) or cwm "
+                                             "(CWM's rollout dump)"),
+    output: Path = typer.Option(..., "--output", "-o",
+                                help="file to write (swebench, cwm) or directory (swe-agent: OUTPUT/<id>/<id>.traj)"),
+    model_name: Optional[str] = typer.Option(None, help="swebench: model_name_or_path (default: the header's model)"),
+    layout: str = typer.Option("rollouts", help="cwm: 'rollouts' (CWM's dump lines) or 'transitions' (one per line)"),
+) -> None:
+    """Export trajectories to SWE-bench predictions, SWE-agent's .traj or CWM's trajectory format."""
+    from traces.convert import ConvertError, export_files
+
+    if layout not in ("rollouts", "transitions"):
+        fail(f"unknown --layout {layout!r}; choose rollouts or transitions")
+    try:
+        written = export_files(trajectories, to, output, model_name=model_name, layout=layout)  # type: ignore[arg-type]
+    except ConvertError as error:
+        fail(str(error))
+    for path in written:
+        print(path)
+
+
+@app.command("import-cwm")
+def import_cwm(
+    source: Path = typer.Argument(..., help="a file in CWM's format (rollout dump lines, a rollout, a trajectory, "
+                                            "or one transition per line)"),
+    output: Path = typer.Option(Path("runs/imported"), help="directory for the converted trajectories"),
+) -> None:
+    """Convert CWM-format trajectories into ours, to view them (agent view) or replay them (agent replay)."""
+    from traces.convert import ConvertError, import_cwm_file
+
+    try:
+        written = import_cwm_file(source, output)
+    except ConvertError as error:
+        fail(str(error))
+    for path in written:
+        print(path)
 
 
 def main() -> None:

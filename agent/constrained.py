@@ -13,6 +13,13 @@ The reply's `</think>` must be its only one (the parser counts them in the whole
 text and the body may not contain it either; a `</tool>` or `<tool:` anywhere after `</think>` would
 break the parser's tag counts. "Blank" is Python's `str.strip()` notion, all Unicode whitespace.
 
+No part may spell one of CWM's special tokens (`<|eot_id|>`, `<|start_header_id|>`, ...; any
+`<|reserved_special_token_...`) either. A reply is ordinary tokens: xgrammar treats a special token
+whose text is allowed as an ordinary token, so without this the sampler could pick `<|eom_id|>` or
+`<|end_of_text|>` mid-reply (both stop generation, cutting the reply short), and such text would
+turn into real special tokens when the history is re-rendered and re-tokenized next turn. The parser
+itself does not care, so this is the one place the regex is stricter than it.
+
 Every forbidden tag starts with `<` and has no other `<`, so "no forbidden tag" is a plain regular
 language: split the text at each `<`; each piece after a `<` must not begin with the rest of a tag
 (`tool:`, `/tool>`, `/think>`). Written as one alternative per proper prefix of those rests, the
@@ -31,11 +38,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from agent.render import BEGIN_OF_TEXT, END_HEADER, END_OF_TEXT, EOM, EOT, PAD, START_HEADER
 from tools.parser import DEFAULT_TOOL_NAMES
 
 THINK_END = "</think>"
 OPEN_TAG = "<tool:"
 CLOSE_TAG = "</tool>"
+# CWM's special tokens (../shared/docs/cwm-protocol.md, sections 1 and 7) and the reserved ones' prefix.
+TRACE_TOKENS = tuple(f"<|{name}|>" for name in ("frame_sep", "action_sep", "return_sep", "call_sep", "line_sep",
+                                                 "exception_sep", "arg_sep", "trace_context_start"))
+SPECIAL_TOKENS = (BEGIN_OF_TEXT, END_OF_TEXT, PAD, START_HEADER, END_HEADER, EOM, EOT, *TRACE_TOKENS,
+                  "<|reserved_special_token_")
 
 # Every character for which `str.isspace()` is true, i.e. what `str.strip()` removes (checked by a test).
 WHITESPACE_CLASS_BODY = (
@@ -45,19 +58,22 @@ WHITESPACE = f"[{WHITESPACE_CLASS_BODY}]"
 NOT_LT = "[^<]"
 _TOOL_NAME = re.compile(r"[a-zA-Z_]+")  # the parser's name pattern
 _LITERAL_SAFE = re.compile(r"[A-Za-z0-9_ :/<>\n]")
+_CLASS_SAFE = re.compile(r"[A-Za-z0-9_ :/<>|]")
 
 
 def _literal(text: str) -> str:
-    """`text` as a regex literal; our tags only hold characters that need no escaping."""
+    """`text` as a regex literal; our tags only hold characters that need no escaping but `|`."""
     for char in text:
-        if not _LITERAL_SAFE.fullmatch(char):
+        if not (_LITERAL_SAFE.fullmatch(char) or char == "|"):
             raise ValueError(f"unexpected character {char!r} in a regex literal")
-    return text.replace("\n", r"\n")
+    return text.replace("\n", r"\n").replace("|", r"\|")
 
 
 def _class_char(char: str) -> str:
-    """One character inside `[...]`, escaped where a class needs it."""
-    return "\\" + char if char in "\\]^-[" else char
+    """One character inside `[...]`; only plain ones occur in our tags."""
+    if not _CLASS_SAFE.fullmatch(char):
+        raise ValueError(f"unexpected character {char!r} in a character class")
+    return char
 
 
 def _after_lt(tags: Sequence[str]) -> str:
@@ -109,12 +125,13 @@ def reply_regex(tools: Sequence[str] = DEFAULT_TOOL_NAMES) -> str:
     """The regex whose language is exactly the replies that parse to one call of one of `tools`.
 
     Exactly, except that the call must be written `<tool: NAME>` with one space (the parser also
-    takes a tab or newline there) and only whitespace may follow `</tool>` (the parser ignores
-    trailing text, which CWM never writes before its end-of-turn token).
+    takes a tab or newline there), only whitespace may follow `</tool>` (the parser ignores
+    trailing text, which CWM never writes before its end-of-turn token), and no special token may
+    be spelled out (see the module's docstring).
     """
-    after_think = [OPEN_TAG, CLOSE_TAG, THINK_END]
+    after_think = [OPEN_TAG, CLOSE_TAG, THINK_END, *SPECIAL_TOKENS]
     return (
-        _without([THINK_END])
+        _without([THINK_END, *SPECIAL_TOKENS])
         + _literal(THINK_END)
         + _without(after_think)
         + _literal("<tool: ")

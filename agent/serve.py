@@ -71,23 +71,23 @@ class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="model folder or Hugging Face name")
-    tp: int = Field(1, ge=1, description="tensor-parallel size (GPUs)")
-    port: int = Field(8000, ge=1, le=65535)
+    tp: int = Field(default=1, ge=1, description="tensor-parallel size (GPUs)")
+    port: int = Field(default=8000, ge=1, le=65535)
     host: str = "127.0.0.1"
-    max_model_len: int = Field(131072, ge=16)
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int = Field(default=131072, ge=16)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     served_model_name: str = "cwm"
     load_format: Literal["auto", "dummy"] = "auto"
     extra_args: list[str] = Field(default_factory=list, description="passed to vLLM as they are")
     python: str = Field(default_factory=lambda: sys.executable, description="interpreter that runs vLLM")
     command_override: list[str] | None = Field(
-        None, description="program to run instead of `python -m vllm.entrypoints.cli.main serve` "
+        default=None, description="program to run instead of `python -m vllm.entrypoints.cli.main serve` "
         "(tests, or a vLLM installed elsewhere); it gets the same arguments")
-    state_dir: Path = Field(DEFAULT_STATE_DIR, description="generation config and log live here")
+    state_dir: Path = Field(default=DEFAULT_STATE_DIR, description="generation config and log live here")
     log_file: Path | None = None
-    startup_timeout_s: float = Field(900.0, gt=0)
-    shutdown_grace_s: float = Field(30.0, ge=0)
-    skip_preflight: bool = Field(False, description="skip the GPU count and fit checks")
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    skip_preflight: bool = Field(default=False, description="skip the GPU count and fit checks")
 
     @property
     def generation_config_dir(self) -> Path:
@@ -353,8 +353,8 @@ def run_server(options: ServeOptions, out: TextIO | None = None) -> int:
     stop = _StopRequest()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, stop)
+        for forwarded in (signal.SIGINT, signal.SIGTERM):
+            previous[forwarded] = signal.signal(forwarded, stop)
     log.info("starting vLLM", command=shlex.join(command), log=str(options.log_path))
     child: subprocess.Popen[bytes] | None = None
     try:
@@ -399,12 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load-format", choices=["auto", "dummy"], default="auto")
     parser.add_argument("--startup-timeout", type=float, default=900.0)
     parser.add_argument("--skip-preflight", action="store_true")
+    parser.add_argument("--log-file", type=Path, help="vLLM's output (default: STATE_DIR/vllm-PORT.log)")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     known, extra = parser.parse_known_args(argv)
     options = ServeOptions(
         model=known.model, tp=known.tp, port=known.port, host=known.host, max_model_len=known.max_model_len,
         gpu_memory_utilization=known.gpu_memory_utilization, served_model_name=known.served_model_name,
         load_format=known.load_format, extra_args=extra, startup_timeout_s=known.startup_timeout,
-        skip_preflight=known.skip_preflight,
+        skip_preflight=known.skip_preflight, log_file=known.log_file, state_dir=known.state_dir,
     )
     try:
         return run_server(options)

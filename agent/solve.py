@@ -57,6 +57,18 @@ def default_instance_id(repo: str, issue: str) -> str:
     return f"{name}-{hashlib.sha256(issue.encode()).hexdigest()[:8]}"
 
 
+def image_digest(image: str) -> str:
+    """The image's content id, so a trajectory names exactly what its sandbox ran (empty if unknown)."""
+    if Path(image).is_dir():
+        return ""
+    try:
+        from images.build import docker_client
+
+        return docker_client().images.get(image).id
+    except Exception:  # no daemon or no such image: the tag alone is recorded
+        return ""
+
+
 def sandbox_git_diff(sandbox: Sandbox) -> str:
     """The working tree's diff against the base commit, new files included, as the sandbox sees it."""
     repo = sandbox.config.workdir
@@ -98,6 +110,7 @@ def solve(
     header = Header(
         run_id=config.run_id if config.run_id != "adhoc" else uuid.uuid4().hex[:12],
         instance_id=instance_id, repo=request.repo, commit=prepared.commit, image=request.image,
+        image_digest=image_digest(request.image),
         workdir=config.workdir, model=model_info, runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(
             max_turns=request.loop.max_turns, context_size=request.loop.context_size,

@@ -30,6 +30,7 @@ log = structlog.get_logger()
 IMAGES_DIR = Path(__file__).resolve().parent
 BASE_DIR = IMAGES_DIR / "base"
 RECIPE_VERSION = "1"
+BASE_REPOSITORY = "cwm-runner/base"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -60,7 +61,7 @@ class BaseRecipe(BaseModel):
 
     @property
     def base_tag(self) -> str:
-        return f"cwm-runner/base:{self.digest()}"
+        return f"{BASE_REPOSITORY}:{self.digest()}"
 
 
 def docker_client() -> docker.DockerClient:

@@ -4,15 +4,16 @@ Normal exit runs `atexit`; Ctrl-C raises KeyboardInterrupt, which unwinds `with`
 reaches `atexit`; SIGTERM (and SIGHUP) would kill the process without either, so they are turned
 into SystemExit. Handlers are installed only from the main thread (Python allows nothing else) and
 only where the application has not installed its own. SIGKILL cannot be caught: the reaper cleans up
-after it on the next start.
+after it on the next start. A forked child forgets the registry, so its exit never closes the
+parent's sandboxes.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import structlog
@@ -28,6 +29,16 @@ _lock = threading.Lock()
 _live: dict[int, Closeable] = {}
 _atexit_installed = False
 _signals_installed = False
+
+
+def _forget_all() -> None:
+    """In a forked child: the sandboxes belong to the parent, which will close them itself."""
+    global _lock
+    _lock = threading.Lock()  # the parent may have held it while forking
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_forget_all)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -74,6 +85,24 @@ def _close_quietly(obj: Closeable) -> None:
         log.warning("sandbox.close_failed", error=str(exc))
 
 
+def _close_in_parallel(objs: list[Closeable]) -> None:
+    """Plain threads, not an executor: at exit concurrent.futures refuses new work, and some
+    Python versions refuse new threads too, in which case the rest is closed one by one."""
+    threads = []
+    for obj in objs[1:]:
+        thread = threading.Thread(target=_close_quietly, args=(obj,), name="cwm-sandbox-close")
+        try:
+            thread.start()
+        except RuntimeError:
+            _close_quietly(obj)
+            continue
+        threads.append(thread)
+    if objs:
+        _close_quietly(objs[0])
+    for thread in threads:
+        thread.join()
+
+
 def close_all() -> None:
     """Close everything registered, in parallel (each removal is a daemon round trip)."""
     objs = live()
@@ -86,12 +115,7 @@ def close_all() -> None:
         pools = [o for o in objs if hasattr(o, "acquire")]
         for pool in pools:
             _close_quietly(pool)
-        rest = [o for o in objs if not hasattr(o, "acquire")]
-        if len(rest) == 1:
-            _close_quietly(rest[0])
-        elif rest:
-            with ThreadPoolExecutor(max_workers=min(8, len(rest))) as ex:
-                list(ex.map(_close_quietly, rest))
+        _close_in_parallel([o for o in objs if not hasattr(o, "acquire")])
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -10,14 +10,15 @@ random per-session sentinel markers):
     <the command, byte for byte>
     D
     { builtin eval "$__cwm_cmd"
-    } </dev/null; builtin printf '%s%s%d %s%s%s\\n' A B "$?" "$PWD" C Z
+    } </dev/null; builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' A B "$?" "$PWD" C Z
 
 The quoted heredoc keeps the text literal (no expansion, no escaping), `read` and `eval` are builtins
 so no process is spawned per command, the `{ ...; }` group runs in the session shell so state
 persists, and `</dev/null` makes commands that read stdin see EOF at once. The sentinel line
-`AB<rc> <pwd>CZ` carries `$?` and `$PWD`; its markers are printed from two halves so that `set -x`
-traces and the command text itself never contain them. Everything before the sentinel is the
-output, byte for byte.
+`\\x1eCWM<A><B>:<rc> <pwd>:<C><Z>\\x1e` carries `$?` and `$PWD`; each marker is printed from two
+halves so that `set -x` traces and the command text never contain it whole. Everything before
+the sentinel is the output, byte for byte. The first line ever sent is `exec 2>&1`, which merges
+stderr into stdout inside the shell, so their interleaving is exact.
 
 On timeout or too much output every process is killed (`kill_all`) and a fresh shell runs the
 start-up script again; the same happens when the shell exits by itself.
@@ -155,9 +156,13 @@ class BashSession:
         self._broken = False
 
     def restart(self) -> None:
-        """Kill every process of the session and start a fresh shell (cwd back to the workdir)."""
-        self._host.kill_all()
+        """Kill every process of the session and start a fresh shell (cwd back to the workdir).
+
+        The old channel is closed before the kill: a backend may block delivering output we stopped
+        reading (Docker does, and then never reports the kill's own exit).
+        """
         self._close_channel()
+        self._host.kill_all()
         self._cwd = self._config.workdir
         self.start()
 

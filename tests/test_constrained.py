@@ -9,6 +9,7 @@ import pytest
 
 from agent import prompts
 from agent.constrained import (
+    SPECIAL_TOKENS,
     WHITESPACE_CLASS_BODY,
     bounded_reply_regex,
     reply_regex,
@@ -33,6 +34,8 @@ VALID = [
     "t</think>\n<tool: bash>\necho done\n\n</tool>",  # the body keeps its trailing newline
     "t</think>\n<tool: bash>\n</tool\n</tool>",
     "t</think>\n<tool: bash>\nprintf 'é ü 中文'\n</tool>",
+    # `<|` alone is ordinary text (Haskell's `<|>`); only whole special-token spellings are excluded
+    "a <| b</think>\n<tool: create>\nP.hs\nmain = pure () <|> pure () -- <|eot\n</tool>",
 ]
 
 INVALID = {
@@ -50,7 +53,15 @@ INVALID = {
     "unclosed call": "a</think>\n<tool: bash>\nls\n",
     "no newline before </tool>": "a</think>\n<tool: bash>\nls</tool>",
     "text after the call": "a</think>\n<tool: bash>\nls\n</tool>\nand then more",
+    # special tokens spelled out: they would stop generation or corrupt the re-rendered history
+    "end of turn while thinking": "a<|eot_id|>b</think>\n<tool: bash>\nls\n</tool>",
+    "end of message in the text": "a</think><|eom_id|>\n<tool: bash>\nls\n</tool>",
+    "header in the body": "a</think>\n<tool: bash>\necho '<|start_header_id|>'\n</tool>",
+    "reserved token in the body": "a</think>\n<tool: bash>\necho <|reserved_special_token_7|>\n</tool>",
 }
+# The parser takes these; the regex does not (see reply_regex's docstring).
+STRICTER_THAN_PARSER = {"text after the call", "end of turn while thinking", "end of message in the text",
+                        "header in the body", "reserved token in the body"}
 
 
 @pytest.mark.parametrize("reply", VALID)
@@ -67,7 +78,9 @@ def test_invalid_replies_do_not_match(case: str) -> None:
 
 def test_every_format_error_of_the_protocol_is_excluded() -> None:
     """Each parser error message (protocol section 4) has a reply above that triggers it."""
-    errors = {parse_reply(reply).error for reply in INVALID.values()}
+    errors = {parse_reply(reply).error for case, reply in INVALID.items() if case not in STRICTER_THAN_PARSER}
+    assert None not in errors
+    assert all(parse_reply(INVALID[case]).call for case in STRICTER_THAN_PARSER)
     expected = {
         prompts.THINK_END_ERROR.format(n=0), prompts.THINK_END_ERROR.format(n=2), prompts.NO_CALL_ERROR,
         prompts.MULTIPLE_CALLS_ERROR.format(n=2, names="bash, bash"),
@@ -80,7 +93,8 @@ def test_every_format_error_of_the_protocol_is_excluded() -> None:
 def test_only_the_announced_tools_are_allowed() -> None:
     without_plugins = re.compile(reply_regex(("bash", "submit")))
     assert without_plugins.fullmatch("a</think>\n<tool: submit>\np.diff\n</tool>")
-    assert without_plugins.fullmatch("a</think>\n<tool: edit>\nf\n<<<<<<< SEARCH\n=======\n>>>>>>> REPLACE\n</tool>") is None
+    edit = "a</think>\n<tool: edit>\nf\n<<<<<<< SEARCH\n=======\n>>>>>>> REPLACE\n</tool>"
+    assert EXACT.fullmatch(edit) and without_plugins.fullmatch(edit) is None
 
 
 @pytest.mark.parametrize("tools", [(), ("bash", "rm -rf"), ("a.b",)])
@@ -99,13 +113,15 @@ def test_whitespace_class_is_what_str_strip_removes() -> None:
 
 PIECES = ["<", "/", ">", ":", "t", "too", "l", "/th", "ink>", "x", " ", "\n", "\t", "\u2003", "\xa0", "é",
           "<tool:", "<tool: bash>\n", "<tool: edit>\n", "<tool: nope>\n", "<tool:\tbash>\n", "</tool>",
-          "\n</tool>", "</think>", "<to", "</thin"]
+          "\n</tool>", "</think>", "<to", "</thin", "|", "<|", "eot_id|>", "<|eot_id|>", "<|eom_id|>",
+          "<|reserved_special_token_", "<|pad|"]
 
 
 def parser_accepts(reply: str, tools: tuple[str, ...] = DEFAULT_TOOL_NAMES) -> bool:
-    """The reference: the parser returns a call, written `<tool: NAME>`, with only whitespace after it."""
+    """The reference: the parser returns a call, written `<tool: NAME>`, with only whitespace after it,
+    and no special token is spelled out anywhere."""
     parsed = parse_reply(reply, tools)
-    if parsed.call is None:
+    if parsed.call is None or any(token in reply for token in SPECIAL_TOKENS):
         return False
     match = TOOL_CALL_RE.search(parsed.answer)
     assert match is not None
@@ -156,7 +172,7 @@ def test_bounded_regex_is_a_subset_with_caps() -> None:
 
 # Only the regex subset that xgrammar and llguidance both read
 
-ALLOWED_ESCAPES = re.compile(r"\\(n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[\\\-\]\[^])")
+ALLOWED_ESCAPES = re.compile(r"\\(n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|[\\\-\]\[^|])")
 
 
 @pytest.mark.parametrize("regex", [reply_regex(), bounded_reply_regex()])

@@ -55,6 +55,7 @@ class Header(BaseModel):
     system_prompt: str = ""
     user_prompt: str = ""
     issue: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict, description="fields of imported formats (e.g. CWM's)")
 
 
 class ToolCall(BaseModel):
@@ -95,6 +96,7 @@ class Step(BaseModel):
     submission: str | None = None
     started_at: datetime = Field(default_factory=utc_now)
     ended_at: datetime | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="fields of imported formats (e.g. CWM's)")
 
 
 class Evaluation(BaseModel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -236,6 +238,29 @@ def test_explicit_restart_resets_state(restartable: Sandbox) -> None:
     assert restartable.run('echo "[$GONE]"').output == "[]\n"
 
 
+def test_interrupted_call_restarts_before_the_next(restartable: Sandbox) -> None:
+    """An exception mid-command (Ctrl-C in real life) leaves the session unknown: start afresh."""
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        restartable.run("cd /tmp")
+        timer.start()
+        with pytest.raises(Interrupted):
+            restartable.run("sleep 30", timeout_s=60)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert restartable.run("pwd").output == f"{WORKDIR}\n"
+    assert not [p for p in live_processes(restartable) if p.startswith("sleep 30")]
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 
@@ -253,6 +278,19 @@ def test_write_file_mode_and_overwrite(sandbox: Sandbox) -> None:
     assert sandbox.run("/tmp/tool.sh").output == "tool\n"
     sandbox.write_file("/tmp/tool.sh", b"#!/bin/sh\necho edited\n")  # an edit keeps the mode
     assert sandbox.run("stat -c %a /tmp/tool.sh; /tmp/tool.sh").output == "755\nedited\n"
+
+
+@pytest.mark.parametrize("size", [100, 300_000], ids=["inline", "uploaded"])
+def test_write_follows_symlinks_and_keeps_mode(sandbox: Sandbox, size: int) -> None:
+    sandbox.run("rm -rf /tmp/wl && mkdir /tmp/wl && echo old > /tmp/wl/real && chmod 751 /tmp/wl/real"
+                " && ln -s real /tmp/wl/link")
+    data = b"n" * size
+    sandbox.write_file("/tmp/wl/link", data, mode=0o600)
+    assert sandbox.run("stat -c '%F %a %s' /tmp/wl/link /tmp/wl/real").output == (
+        f"symbolic link 777 4\nregular file 751 {size}\n"
+    )
+    assert sandbox.read_file("/tmp/wl/real") == data
+    assert sandbox.run("ls -A /tmp | grep -c cwm-upload").output == "0\n"  # no temporary left
 
 
 def test_large_file_round_trip(sandbox: Sandbox) -> None:
