@@ -104,6 +104,29 @@ def _step_line(step) -> str:  # noqa: ANN001 - traces.schema.Step
     return f"{step.index:>3} {tool:<12} {code:<7}{flags:<8} {tokens:>6} tok {took:6.2f}s  {first[:40]}"
 
 
+def _sandbox_backend(name: str):  # noqa: ANN202 - a Sandbox class
+    """The Sandbox class a --sandbox name selects."""
+    if name == "docker":
+        from sandbox.docker import DockerSandbox
+
+        return DockerSandbox
+    if name == "bwrap":
+        from sandbox.bwrap import BwrapSandbox
+
+        return BwrapSandbox
+    fail(f"unknown --sandbox {name!r}; choose docker or bwrap")
+
+
+def _constraint(mode: str) -> Optional[str]:
+    """The reply regex a --constrained mode selects (None: unconstrained)."""
+    from agent.constrained import bounded_reply_regex, reply_regex
+
+    choices = {"off": None, "exact": reply_regex(), "bounded": bounded_reply_regex()}
+    if mode not in choices:
+        fail(f"unknown --constrained {mode!r}; choose off, exact or bounded")
+    return choices[mode]
+
+
 @app.command()
 def solve(
     repo: Optional[str] = typer.Option(None, help="repository: a local path or a git URL"),
@@ -121,6 +144,11 @@ def solve(
     timeout: float = typer.Option(120.0, help="per-command timeout in seconds"),
     wall_clock: Optional[float] = typer.Option(None, help="stop the episode after this many seconds"),
     instance_id: Optional[str] = typer.Option(None, help="name for the output files"),
+    sandbox: str = typer.Option("docker", help="sandbox backend: docker, or bwrap (no daemon; --image is then "
+                                              "a root filesystem directory)"),
+    constrained: str = typer.Option("off", help="force well-formed replies with vLLM structured outputs: off, "
+                                                "exact (CWM's reply grammar), or bounded (length-capped, for "
+                                                "random-weight test models)"),
 ) -> None:
     """Solve one issue in one repository: sandbox, CWM loop, trajectory, patch."""
     from agent.loop import LoopConfig
@@ -130,7 +158,9 @@ def solve(
     from agent.solve import SolveRequest, solve as run_solve
     from images.build import ImageBuildError, ensure_base_image
     from sandbox.base import SandboxConfig, SandboxError
-    from sandbox.docker import DockerSandbox
+
+    open_sandbox = _sandbox_backend(sandbox)
+    constraint = _constraint(constrained)
 
     if example is not None:
         folder = EXAMPLES_DIR / example
@@ -145,6 +175,8 @@ def solve(
     if repo is None:
         fail("pass --repo PATH_OR_GIT_URL (or --example intervals)")
     issue_text = _read_issue(issue, issue_file, github_issue)
+    if sandbox == "bwrap" and image is None:
+        fail("--sandbox bwrap needs --image ROOTFS_DIR (see `sandbox/rootfs.py` for exporting one)")
     try:
         image = image or ensure_base_image()
     except ImageBuildError as error:
@@ -157,13 +189,13 @@ def solve(
     out = Console(soft_wrap=True)
 
     def open_model():  # noqa: ANN202 - agent.models.base.Model
-        client = make_model(model)
+        client = make_model(model, constraint=constraint) if constraint else make_model(model)
         out.print(f"[bold]solving[/] {repo} with {client.info.kind} model {client.info.name or model}",
                   highlight=False)
         return client
 
     try:
-        result = run_solve(request, open_model, DockerSandbox,
+        result = run_solve(request, open_model, open_sandbox,
                            on_step=lambda s: out.print(_step_line(s), highlight=False))
     except (RepoError, ModelError, SandboxError, ValueError) as error:
         fail(str(error))
