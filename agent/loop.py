@@ -46,7 +46,7 @@ def _now() -> datetime:
 def _diff_stat(sandbox: Sandbox) -> str | None:
     """`git diff --stat` of the repository, read through the session after a state-changing tool."""
     repo = sandbox.config.workdir
-    result = sandbox.run(f"git -C {repo} diff --stat HEAD 2>/dev/null | tail -n 1")
+    result = sandbox.run(f"git -C {repo} diff --stat HEAD 2>/dev/null | tail -n 1", aside=True)
     return result.output.strip() if not result.failed_session else None
 
 

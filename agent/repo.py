@@ -17,6 +17,7 @@ import git
 from pydantic import BaseModel
 
 from sandbox.base import Sandbox
+from sandbox.session import prune_git_history_script
 
 SNAPSHOT_DATE = "2000-01-01T00:00:00+0000"
 URL_PATTERN = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
@@ -116,19 +117,6 @@ def _overlay_working_tree(local: git.Repo, dest: Path) -> None:
         (dest / name).unlink(missing_ok=True)
 
 
-PRUNE_HISTORY = r"""(set -e
-cd {workdir}
-git remote | xargs -r -n1 git remote remove
-git tag -l | xargs -r git tag -d >/dev/null
-head=$(git rev-parse HEAD)
-git checkout -q --detach "$head"
-git for-each-ref --format='%(refname)' | while read -r ref; do
-  if ! git merge-base --is-ancestor "$ref" "$head" 2>/dev/null; then git update-ref -d "$ref"; fi
-done
-git stash clear
-git reflog expire --expire=now --all
-git gc -q --prune=now)
-"""
 
 
 def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
@@ -139,7 +127,7 @@ def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
     parent = str(Path(workdir).parent).rstrip("/")
     if Path(workdir).name != prepared.path.name:
         sandbox.run(f"rm -rf {workdir} && mv {parent}/{prepared.path.name} {workdir}")
-    result = sandbox.run(PRUNE_HISTORY.format(workdir=workdir))
+    result = sandbox.run(prune_git_history_script(workdir), aside=True)
     if result.exit_code != 0:
         raise RepoError(f"could not prepare the repository in the sandbox: {result.output.strip()[-300:]}")
     sandbox.restart_session()

@@ -73,7 +73,8 @@ def sandbox_git_diff(sandbox: Sandbox) -> str:
     """The working tree's diff against the base commit, new files included, as the sandbox sees it."""
     repo = sandbox.config.workdir
     result = sandbox.run(
-        f"cd {repo} && git add -A -N >/dev/null 2>&1; git -c core.quotepath=off diff --no-color --no-ext-diff HEAD"
+        f"cd {repo} && git add -A -N >/dev/null 2>&1; git -c core.quotepath=off diff --no-color --no-ext-diff HEAD",
+        aside=True,
     )
     return result.output
 

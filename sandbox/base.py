@@ -80,8 +80,12 @@ class Sandbox(ABC):
     config: SandboxConfig
 
     @abstractmethod
-    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
-        """Run `command` (any bash text, multi-line allowed) in the persistent session."""
+    def run(self, command: str, timeout_s: float | None = None, aside: bool = False) -> CommandResult:
+        """Run `command` (any bash text, multi-line allowed) in the persistent session.
+
+        `aside=True` marks the runner's own commands (diff stats, the final diff): they run in the
+        same session but leave the model's `$?` as it was, so the model never sees them.
+        """
 
     @abstractmethod
     def restart_session(self) -> None:

@@ -403,10 +403,10 @@ class DockerSandbox(Sandbox):
         if self._closed:
             raise SandboxError("this sandbox is closed: create a new one")
 
-    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+    def run(self, command: str, timeout_s: float | None = None, aside: bool = False) -> CommandResult:
         with self._lock:
             self._check_open()
-            return self._session.run(command, timeout_s)
+            return self._session.run(command, timeout_s, aside=aside)
 
     def restart_session(self) -> None:
         with self._lock:
@@ -421,7 +421,9 @@ class DockerSandbox(Sandbox):
 
     def _internal(self, script: str, output_limit: int) -> bytes | None:
         """Run one of our own commands in the session; None if it did not complete normally."""
-        outcome = self._session.execute(script, timeout_s=max(60.0, self.config.timeout_s), output_limit=output_limit)
+        outcome = self._session.execute(
+            script, timeout_s=max(60.0, self.config.timeout_s), output_limit=output_limit, aside=True
+        )
         return outcome.output if outcome.ok else None
 
     def read_file(self, path: str) -> bytes:

@@ -9,8 +9,10 @@ random per-session sentinel markers):
     IFS= builtin read -r -d '' __cwm_cmd <<'D' || :
     <the command, byte for byte>
     D
-    { builtin eval "$__cwm_cmd"
-    } </dev/null; builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' A B "$?" "$PWD" C Z
+    __cwm_status "$__cwm_rc"; { builtin eval "$__cwm_cmd"
+    } </dev/null; __cwm_rc=$?; builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' A B "$__cwm_rc" "$PWD" C Z
+
+(the runner's own commands omit `__cwm_rc=$?;` and print `$?`, so the model's `$?` survives them)
 
 The quoted heredoc keeps the text literal (no expansion, no escaping), `read` and `eval` are builtins
 so no process is spawned per command, the `{ ...; }` group runs in the session shell so state
@@ -138,7 +140,9 @@ class BashSession:
         self._channel = self._host.open_shell(SHELL_ARGV)
         deadline = time.monotonic() + _STARTUP_TIMEOUT_S
         # Merge stderr into stdout inside the shell itself, so their order is exact.
-        self._channel.send(b"exec 2>&1\n", deadline)
+        # `__cwm_status` restores the model's last exit status before each of its commands, so the
+        # runner's own commands in between (file reads, diff stats) leave `$?` as bash would.
+        self._channel.send(b'exec 2>&1; __cwm_rc=0; __cwm_status() { return "$1"; }\n', deadline)
         self._broken = False
         outcome = self.execute(startup_script(self._config), timeout_s=_STARTUP_TIMEOUT_S, restart=False)
         if not outcome.ok:
@@ -182,9 +186,12 @@ class BashSession:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
-        """Run one command of the model; restarts the session after a timeout, overflow or exit."""
-        outcome = self.execute(command, timeout_s=timeout_s)
+    def run(self, command: str, timeout_s: float | None = None, aside: bool = False) -> CommandResult:
+        """Run one command; restarts the session after a timeout, overflow or exit.
+
+        `aside` marks the runner's own commands: the model's `$?` is kept for its next command.
+        """
+        outcome = self.execute(command, timeout_s=timeout_s, aside=aside)
         return CommandResult(
             output=outcome.output.decode("utf-8", errors="replace"),
             exit_code=outcome.exit_code,
@@ -201,6 +208,7 @@ class BashSession:
         timeout_s: float | None = None,
         output_limit: int | None = None,
         restart: bool = True,
+        aside: bool = False,
     ) -> RawOutcome:
         """Send `command`, read up to its sentinel; on failure restart (unless `restart=False`)."""
         if self._broken or self._channel is None:
@@ -213,7 +221,7 @@ class BashSession:
         deadline = started + timeout
         self._broken = True  # cleared below only if we got through the protocol cleanly
         try:
-            outcome = self._exchange(command, deadline, limit, started)
+            outcome = self._exchange(command, deadline, limit, started, aside)
         except ChannelTimeout:
             outcome = RawOutcome(b"", None, None, time.monotonic() - started, timed_out=True)
         if outcome.ok:
@@ -229,7 +237,7 @@ class BashSession:
             self.restart()
         return outcome
 
-    def _frame(self, command: str) -> bytes:
+    def _frame(self, command: str, aside: bool = False) -> bytes:
         """The exact bytes sent for one command (see the module docstring)."""
         if "\x00" in command:
             command = command.replace("\x00", "")  # bash cannot hold NUL bytes in a string
@@ -239,18 +247,20 @@ class BashSession:
             f"IFS= builtin read -r -d '' __cwm_cmd <<'{self._delim}' || :\n"
             f"{body}"
             f"{self._delim}\n"
-            '{ builtin eval "$__cwm_cmd"\n'
-            "} </dev/null; builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' "
-            f'{a} {b} "$?" "$PWD" {c} {z}\n'
+            '__cwm_status "$__cwm_rc"; { builtin eval "$__cwm_cmd"\n'
+            "} </dev/null; "
+            + ("" if aside else "__cwm_rc=$?; ")
+            + "builtin printf '\\036CWM%s%s:%d %s:%s%s\\036\\n' "
+            + f'{a} {b} "{"$?" if aside else "$__cwm_rc"}" "$PWD" {c} {z}\n'
         )
         try:
             return text.encode("utf-8", errors="surrogateescape")
         except UnicodeEncodeError:  # lone surrogates that did not come from undecodable bytes
             return text.encode("utf-8", errors="replace")
 
-    def _exchange(self, command: str, deadline: float, limit: int, started: float) -> RawOutcome:
+    def _exchange(self, command: str, deadline: float, limit: int, started: float, aside: bool) -> RawOutcome:
         assert self._channel is not None
-        self._channel.send(self._frame(command), deadline)
+        self._channel.send(self._frame(command, aside), deadline)
         buf = bytearray(self._pending)
         self._pending = b""
         scan_from = 0

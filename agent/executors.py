@@ -1,0 +1,365 @@
+"""Where episodes run: a local pool of worker threads, or Ray tasks spread over a cluster.
+
+Both executors take `EpisodeJob`s and hand back `EpisodeOutcome`s, and neither touches the run
+directory: an outcome carries the trajectory, patch and diff as text, and the driver (agent.batch)
+writes them and records the outcome. That split is what lets a Ray task run on a machine that shares
+no disk with the driver, and keeps a single writer of the run's state, so crash safety is reasoned
+about in one place (agent.batch_state).
+
+Local: threads, not processes. An episode spends its time waiting on Docker and on the model server;
+each worker makes its own sandbox and model client per episode, so nothing is shared between them.
+The threads are daemons, so Ctrl-C or SIGTERM is not held up by episodes in flight: the sandbox
+registry (sandbox.lifecycle) removes their containers at exit, and a resumed run reruns them.
+
+Ray: one remote task per episode (`num_cpus` 1 by default, no Ray-level retries: retrying is the
+driver's decision so that attempts are counted once). The task runs on whichever node Ray picks, with
+that node's Docker daemon; results stream back with ray.wait as tasks finish.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from pydantic import BaseModel, Field
+
+from agent.batch_state import EpisodeSummary
+from agent.instances import Instance
+from agent.loop import LoopConfig
+from traces.schema import Ending, Evaluation
+
+log = structlog.get_logger()
+
+StepCallback = Callable[[int, int], None]  # (slot, step index)
+Grader = Callable[[Instance, str, str], Evaluation]
+
+
+class EpisodeJob(BaseModel):
+    """Everything a worker needs for one episode; plain data so it can cross to a Ray node."""
+
+    instance: Instance
+    sample: int
+    attempt: int
+    slot: int = 0
+    run_id: str
+    model_spec: str
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    image: str | None = Field(default=None, description="None: the project's base image, built if missing")
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    sandbox_timeout_s: float = 120.0
+    evaluate: bool = False
+    grader: str = Field(default="agent.eval:grade", description="module:function grading a patch")
+    live_dir: str | None = Field(default=None, description="where solve writes as it goes; None: a temp dir")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.instance.instance_id, self.sample)
+
+
+class EpisodeOutcome(BaseModel):
+    """What came back from one episode: files as text and a summary for the manifest."""
+
+    instance_id: str
+    sample: int
+    attempt: int
+    slot: int = 0
+    ok: bool
+    error: str | None = None
+    retryable: bool = Field(default=False, description="infrastructure failure (sandbox, lost worker)")
+    trajectory: str | None = None
+    patch: str | None = None
+    sandbox_diff: str | None = None
+    summary: EpisodeSummary = Field(default_factory=EpisodeSummary)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.instance_id, self.sample)
+
+
+# -- one episode ------------------------------------------------------------------------------------
+
+GITHUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def repo_source(instance: Instance) -> str:
+    """Where to get the repository: a local copy if the instance names one, else SWE-bench's GitHub name."""
+    if instance.repo_path:
+        return instance.repo_path
+    if GITHUB_NAME.match(instance.repo) and not Path(instance.repo).exists():
+        return f"https://github.com/{instance.repo}.git"
+    return instance.repo
+
+
+@lru_cache(maxsize=1)
+def _base_image() -> str:
+    from images.build import ensure_base_image
+
+    return ensure_base_image()
+
+
+def load_grader(path: str) -> Grader:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{error.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _with_evaluation(trajectory: str, evaluation: Evaluation) -> str:
+    """The trajectory text with the evaluation set on its end record (the format's place for it)."""
+    lines = trajectory.rstrip("\n").split("\n")
+    ending = Ending.model_validate_json(lines[-1])
+    ending.evaluation = evaluation
+    lines[-1] = ending.model_dump_json()
+    return "\n".join(lines) + "\n"
+
+
+def _summarise(trajectory_path: Path, ending: Ending | None, elapsed: float, model_name: str) -> EpisodeSummary:
+    from traces.recorder import TrajectoryFormatError, read_trajectory
+
+    summary = EpisodeSummary(elapsed_s=round(elapsed, 3), node=socket.gethostname(), model_name=model_name)
+    try:
+        recorded = read_trajectory(trajectory_path)
+    except TrajectoryFormatError:
+        return summary
+    summary.command_s = round(sum(s.command_duration_s or 0.0 for s in recorded.steps), 3)
+    summary.model_s = round(sum(s.model_latency_s or 0.0 for s in recorded.steps), 3)
+    summary.steps = len(recorded.steps)
+    ending = ending or recorded.ending
+    if ending is not None:
+        summary.ending, summary.reason = ending.status, ending.reason
+        summary.has_patch = bool(ending.submission)
+        summary.prompt_tokens = ending.total_prompt_tokens
+        summary.completion_tokens = ending.total_completion_tokens
+    return summary
+
+
+def run_job(job: EpisodeJob, on_step: StepCallback | None = None) -> EpisodeOutcome:
+    """Run one episode end to end (agent.solve) and grade it if asked; never raises for episode errors."""
+    from agent.models.factory import make_model
+    from agent.solve import SolveRequest, solve
+    from sandbox.base import SandboxConfig, SandboxError
+    from sandbox.docker import DockerSandbox
+
+    started = time.monotonic()
+    temporary = job.live_dir is None
+    output = Path(tempfile.mkdtemp(prefix="cwm-episode-")) if temporary else Path(job.live_dir or "")
+    instance = job.instance
+    model_name = ""
+    base = EpisodeOutcome(instance_id=instance.instance_id, sample=job.sample, attempt=job.attempt,
+                          slot=job.slot, ok=False)
+
+    def make() -> Any:
+        nonlocal model_name
+        model = make_model(job.model_spec, **job.model_options)
+        model_name = model.info.name or job.model_spec
+        return model
+
+    def trajectory_text() -> str | None:
+        found = next(output.rglob("*.traj.jsonl"), None)
+        return found.read_text(encoding="utf-8") if found is not None else None
+
+    try:
+        image = job.image or _base_image()
+        request = SolveRequest(
+            repo=repo_source(instance), commit=instance.base_commit or None, issue=instance.problem_statement,
+            image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
+            sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
+        )
+        step = (lambda s: on_step(job.slot, s.index)) if on_step is not None else None
+        try:
+            result = solve(request, make, DockerSandbox, on_step=step)
+        except Exception as error:  # noqa: BLE001 - every failure becomes this episode's error
+            elapsed = time.monotonic() - started
+            found = next(output.rglob("*.traj.jsonl"), None)
+            summary = (_summarise(found, None, elapsed, model_name) if found is not None
+                       else EpisodeSummary(elapsed_s=round(elapsed, 3), node=socket.gethostname()))
+            log.info("batch.episode_error", instance=instance.instance_id, sample=job.sample, error=one_line(error))
+            return base.model_copy(update={
+                "error": one_line(error), "retryable": isinstance(error, SandboxError),
+                "trajectory": trajectory_text(), "summary": summary,
+            })
+        trajectory = result.trajectory.read_text(encoding="utf-8")
+        summary = _summarise(result.trajectory, result.ending, time.monotonic() - started, model_name)
+        patch = result.ending.submission
+        if job.evaluate and patch:
+            try:
+                evaluation = load_grader(job.grader)(instance, patch, image)
+            except Exception as error:  # noqa: BLE001
+                return base.model_copy(update={"error": f"grading failed: {one_line(error)}",
+                                               "trajectory": trajectory, "summary": summary})
+            summary.evaluation = evaluation
+            trajectory = _with_evaluation(trajectory, evaluation)
+        summary.elapsed_s = round(time.monotonic() - started, 3)
+        return base.model_copy(update={
+            "ok": True, "trajectory": trajectory, "patch": patch,
+            "sandbox_diff": result.sandbox_diff.read_text(encoding="utf-8"), "summary": summary,
+        })
+    except Exception as error:  # noqa: BLE001 - e.g. the base image could not be built
+        return base.model_copy(update={"error": one_line(error), "retryable": False})
+    finally:
+        if temporary:
+            shutil.rmtree(output, ignore_errors=True)
+
+
+# -- executors ----------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs jobs concurrently; the driver keeps at most `capacity` in flight."""
+
+    capacity: int
+
+    def submit(self, job: EpisodeJob) -> None: ...
+
+    def wait(self, timeout: float) -> list[EpisodeOutcome]:
+        """Outcomes of jobs that finished (possibly none if `timeout` seconds pass first)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """`workers` daemon threads, each running one episode at a time."""
+
+    def __init__(self, workers: int, on_step: StepCallback | None = None) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.capacity = workers
+        self._on_step = on_step
+        self._jobs: queue.SimpleQueue[EpisodeJob | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[EpisodeOutcome] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"cwm-batch-{n}", daemon=True)
+                         for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                outcome = run_job(job, self._on_step)
+            except BaseException as error:  # noqa: BLE001 - a worker must always answer
+                outcome = EpisodeOutcome(instance_id=job.instance.instance_id, sample=job.sample,
+                                         attempt=job.attempt, slot=job.slot, ok=False, error=one_line(error))
+            self._results.put(outcome)
+
+    def submit(self, job: EpisodeJob) -> None:
+        self._jobs.put(job)
+
+    def wait(self, timeout: float) -> list[EpisodeOutcome]:
+        try:
+            outcomes = [self._results.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                outcomes.append(self._results.get_nowait())
+            except queue.Empty:
+                return outcomes
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _ray_episode(job: dict[str, Any], steps: Any = None) -> dict[str, Any]:
+    """The Ray task: plain dicts in and out, so driver and nodes only share the package, not pickles."""
+    episode = EpisodeJob.model_validate(job)
+    on_step = None
+    if steps is not None:
+        def on_step(slot: int, index: int) -> None:
+            try:
+                steps.put_nowait((slot, index))
+            except Exception:  # noqa: BLE001 - progress is best effort
+                pass
+    return run_job(episode, on_step).model_dump(mode="json")
+
+
+class RayExecutor:
+    """One Ray task per episode; connects to `address` (a cluster) or starts a local Ray instance."""
+
+    def __init__(self, workers: int, address: str | None = None, on_step: StepCallback | None = None,
+                 task_cpus: float = 1.0, task_resources: dict[str, float] | None = None,
+                 init_options: dict[str, Any] | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("the Ray executor needs Ray: pip install 'cwm-runner[ray]'") from None
+        self._ray = ray
+        self.capacity = workers
+        self._started_ray = False
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
+            if address is None:
+                options["num_cpus"] = max(1, int(workers * task_cpus + 0.999))
+            options.update(init_options or {})
+            ray.init(address=address, **options)
+            self._started_ray = True
+        remote = ray.remote(_ray_episode)
+        self._remote = remote.options(num_cpus=task_cpus, max_retries=0, resources=task_resources or {})
+        self._pending: dict[Any, EpisodeJob] = {}
+        self._on_step = on_step
+        self._steps = None
+        if on_step is not None:
+            from ray.util.queue import Queue
+
+            self._steps = Queue(actor_options={"num_cpus": 0})
+
+    def submit(self, job: EpisodeJob) -> None:
+        payload = job.model_copy(update={"live_dir": None}).model_dump(mode="json")
+        self._pending[self._remote.remote(payload, self._steps)] = job
+
+    def _drain_steps(self) -> None:
+        if self._steps is None or self._on_step is None:
+            return
+        try:
+            for slot, index in self._steps.get_nowait_batch(self._steps.qsize()):
+                self._on_step(slot, index)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            pass
+
+    def wait(self, timeout: float) -> list[EpisodeOutcome]:
+        self._drain_steps()
+        if not self._pending:
+            time.sleep(timeout)
+            return []
+        ready, rest = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        if ready and rest:  # whatever else has finished meanwhile, without waiting for more
+            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        outcomes = []
+        for ref in ready:
+            job = self._pending.pop(ref)
+            try:
+                outcomes.append(EpisodeOutcome.model_validate(self._ray.get(ref)))
+            except Exception as error:  # noqa: BLE001 - the task or its node died
+                outcomes.append(EpisodeOutcome(instance_id=job.instance.instance_id, sample=job.sample,
+                                               attempt=job.attempt, slot=job.slot, ok=False,
+                                               error=f"Ray task failed: {one_line(error)}", retryable=True))
+        self._drain_steps()
+        return outcomes
+
+    def close(self) -> None:
+        for ref in list(self._pending):
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._pending.clear()
+        if self._started_ray:
+            self._ray.shutdown()
