@@ -104,6 +104,7 @@ class RunConfig(BaseModel):
     evaluate: bool = False
     loop: dict[str, Any] = Field(default_factory=dict)
     sandbox_timeout_s: float = 120.0
+    model_name: str | None = Field(default=None, description="model_name_or_path for preds.jsonl")
 
     def differences(self, other: RunConfig) -> list[str]:
         mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
@@ -339,6 +340,7 @@ class BatchState:
         }
         self.digest = instances_digest(self.instances)
         self.abandoned: list[tuple[str, int, int]] = []
+        self._votes: dict[str, Vote] = {}  # per finished instance; dropped when its samples change
         self._log: StatusLog | None = None
         self._manifest_written = 0.0
 
@@ -392,9 +394,11 @@ class BatchState:
         """Episodes left 'running' by a dead runner go back to pending; their files are put aside."""
         for record in self.records.values():
             for sample in record.samples:
-                if sample.status != "running":
-                    continue
                 running = self.layout.running_dir(record.instance_id, sample.sample)
+                if sample.status != "running":
+                    if running.exists():  # the runner died after committing the outcome, before tidying
+                        _remove_tree(running)
+                    continue
                 kept = None
                 partial = next(running.rglob("*.traj.jsonl"), None) if running.is_dir() else None
                 if partial is not None:
@@ -402,6 +406,10 @@ class BatchState:
                     os.replace(partial, target)
                     kept = str(target.relative_to(self.layout.root))
                 _remove_tree(running)
+                for stale in (self.layout.trajectory(record.instance_id, sample.sample),
+                              self.layout.patch(record.instance_id, sample.sample),
+                              self.layout.sandbox_diff(record.instance_id, sample.sample)):
+                    stale.unlink(missing_ok=True)  # written by the dead attempt but never committed
                 self._append(AbandonedEvent(instance_id=record.instance_id, sample=sample.sample,
                                             attempt=sample.attempts, kept=kept))
                 self.abandoned.append((record.instance_id, sample.sample, sample.attempts))
@@ -417,6 +425,7 @@ class BatchState:
             self.sessions.append(event.model_dump(mode="json", exclude={"config", "event"}))
             return
         sample = self.records[event.instance_id].samples[event.sample]
+        self._votes.pop(event.instance_id, None)
         if isinstance(event, StartEvent):
             sample.status, sample.attempts = "running", event.attempt
             sample.started_at, sample.ended_at, sample.error = event.at, None, None
@@ -477,6 +486,8 @@ class BatchState:
 
     def vote(self, instance_id: str) -> Vote:
         """Choose among the instance's finished samples (errored ones do not take part)."""
+        if instance_id in self._votes:
+            return self._votes[instance_id]
         candidates = []
         for s in self.records[instance_id].samples:
             if s.status != "done" or s.summary is None:
@@ -484,11 +495,12 @@ class BatchState:
             patch_path = self.layout.patch(instance_id, s.sample)
             patch = patch_path.read_text(encoding="utf-8") if s.summary.has_patch and patch_path.exists() else None
             candidates.append(Candidate(sample=s.sample, patch=patch, evaluation=s.summary.evaluation))
-        return choose(candidates)
+        self._votes[instance_id] = vote = choose(candidates)
+        return vote
 
     def write_preds(self) -> None:
         """preds.jsonl: one line per instance whose samples have all finished, in instance order."""
-        name = self.model_name or self.config.model
+        name = self.config.model_name or self.model_name or self.config.model
         lines = []
         for instance in self.instances:
             record = self.records[instance.instance_id]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import queue
-import re
 import shutil
 import socket
 import tempfile
@@ -42,6 +41,7 @@ from traces.schema import Ending, Evaluation
 log = structlog.get_logger()
 
 StepCallback = Callable[[int, int], None]  # (slot, step index)
+SandboxFactory = Callable[[Any], Any]  # sandbox.base.SandboxConfig -> sandbox.base.Sandbox
 Grader = Callable[[Instance, str, str], Evaluation]
 
 
@@ -89,23 +89,38 @@ class EpisodeOutcome(BaseModel):
 
 # -- one episode ------------------------------------------------------------------------------------
 
-GITHUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def repo_source(instance: Instance) -> str:
-    """Where to get the repository: a local copy if the instance names one, else SWE-bench's GitHub name."""
-    if instance.repo_path:
-        return instance.repo_path
-    if GITHUB_NAME.match(instance.repo) and not Path(instance.repo).exists():
-        return f"https://github.com/{instance.repo}.git"
-    return instance.repo
-
 
 @lru_cache(maxsize=1)
 def _base_image() -> str:
     from images.build import ensure_base_image
 
     return ensure_base_image()
+
+
+def image_for(instance: Instance) -> str:
+    """The environment image of an instance (agent.envs: per repository and version, built once per
+    machine), or the base image where no environment registry is available."""
+    try:
+        from agent.envs import image_for as env_image
+    except ImportError:  # pragma: no cover - older trees without agent.envs
+        return instance.image or _base_image()
+    return env_image(instance)
+
+
+_logging_configured = False
+
+
+def _quiet_worker_logging() -> None:
+    """Ray workers are fresh processes: give them the CLI's log level, not structlog's debug default."""
+    global _logging_configured
+    if _logging_configured:
+        return
+    import logging
+    import os
+
+    level = logging.DEBUG if os.environ.get("CWM_DEBUG") else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    _logging_configured = True
 
 
 def load_grader(path: str) -> Grader:
@@ -147,69 +162,72 @@ def _summarise(trajectory_path: Path, ending: Ending | None, elapsed: float, mod
     return summary
 
 
-def run_job(job: EpisodeJob, on_step: StepCallback | None = None) -> EpisodeOutcome:
-    """Run one episode end to end (agent.solve) and grade it if asked; never raises for episode errors."""
+class GradingError(RuntimeError):
+    """The episode ran but its patch could not be graded."""
+
+
+def _episode(job: EpisodeJob, output: Path, on_step: StepCallback | None, started: float,
+             open_sandbox: SandboxFactory | None) -> EpisodeOutcome:
+    """Solve, then grade if asked; raises on any failure (run_job turns it into an error outcome)."""
+    from agent.instance_sources import repo_source
     from agent.models.factory import make_model
     from agent.solve import SolveRequest, solve
-    from sandbox.base import SandboxConfig, SandboxError
+    from sandbox.base import SandboxConfig
     from sandbox.docker import DockerSandbox
+
+    instance = job.instance
+    image = job.image or image_for(instance)
+    request = SolveRequest(
+        repo=repo_source(instance), commit=instance.base_commit or None, issue=instance.problem_statement,
+        image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
+        sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
+    )
+    names: list[str] = []
+
+    def make() -> Any:
+        model = make_model(job.model_spec, **job.model_options)
+        names.append(model.info.name or job.model_spec)
+        return model
+
+    step = (lambda s: on_step(job.slot, s.index)) if on_step is not None else None
+    result = solve(request, make, open_sandbox or DockerSandbox, on_step=step)
+    trajectory = result.trajectory.read_text(encoding="utf-8")
+    summary = _summarise(result.trajectory, result.ending, time.monotonic() - started, names[0])
+    patch = result.ending.submission
+    if job.evaluate and patch:
+        try:
+            summary.evaluation = load_grader(job.grader)(instance, patch, image)
+        except Exception as error:  # noqa: BLE001
+            raise GradingError(f"grading failed: {one_line(error)}") from error
+        trajectory = _with_evaluation(trajectory, summary.evaluation)
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    return EpisodeOutcome(instance_id=instance.instance_id, sample=job.sample, attempt=job.attempt, slot=job.slot,
+                          ok=True, trajectory=trajectory, patch=patch,
+                          sandbox_diff=result.sandbox_diff.read_text(encoding="utf-8"), summary=summary)
+
+
+def run_job(job: EpisodeJob, on_step: StepCallback | None = None,
+            open_sandbox: SandboxFactory | None = None) -> EpisodeOutcome:
+    """Run one episode end to end (agent.solve), grading it if asked. Never raises: a failure becomes
+    an error outcome carrying the one-line reason and whatever trajectory was recorded."""
+    from sandbox.base import SandboxError
 
     started = time.monotonic()
     temporary = job.live_dir is None
     output = Path(tempfile.mkdtemp(prefix="cwm-episode-")) if temporary else Path(job.live_dir or "")
-    instance = job.instance
-    model_name = ""
-    base = EpisodeOutcome(instance_id=instance.instance_id, sample=job.sample, attempt=job.attempt,
-                          slot=job.slot, ok=False)
-
-    def make() -> Any:
-        nonlocal model_name
-        model = make_model(job.model_spec, **job.model_options)
-        model_name = model.info.name or job.model_spec
-        return model
-
-    def trajectory_text() -> str | None:
-        found = next(output.rglob("*.traj.jsonl"), None)
-        return found.read_text(encoding="utf-8") if found is not None else None
-
     try:
-        image = job.image or _base_image()
-        request = SolveRequest(
-            repo=repo_source(instance), commit=instance.base_commit or None, issue=instance.problem_statement,
-            image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
-            sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
+        return _episode(job, output, on_step, started, open_sandbox)
+    except Exception as error:  # noqa: BLE001 - every failure becomes this episode's error
+        message = str(error) if isinstance(error, GradingError) else one_line(error)
+        log.info("batch.episode_error", instance=job.instance.instance_id, sample=job.sample, error=message)
+        found = next(output.rglob("*.traj.jsonl"), None)
+        summary = _summarise(found, None, time.monotonic() - started, "") if found is not None else EpisodeSummary(
+            elapsed_s=round(time.monotonic() - started, 3), node=socket.gethostname())
+        return EpisodeOutcome(
+            instance_id=job.instance.instance_id, sample=job.sample, attempt=job.attempt, slot=job.slot, ok=False,
+            error=message, retryable=isinstance(error, SandboxError),
+            trajectory=found.read_text(encoding="utf-8") if found is not None else None, summary=summary,
         )
-        step = (lambda s: on_step(job.slot, s.index)) if on_step is not None else None
-        try:
-            result = solve(request, make, DockerSandbox, on_step=step)
-        except Exception as error:  # noqa: BLE001 - every failure becomes this episode's error
-            elapsed = time.monotonic() - started
-            found = next(output.rglob("*.traj.jsonl"), None)
-            summary = (_summarise(found, None, elapsed, model_name) if found is not None
-                       else EpisodeSummary(elapsed_s=round(elapsed, 3), node=socket.gethostname()))
-            log.info("batch.episode_error", instance=instance.instance_id, sample=job.sample, error=one_line(error))
-            return base.model_copy(update={
-                "error": one_line(error), "retryable": isinstance(error, SandboxError),
-                "trajectory": trajectory_text(), "summary": summary,
-            })
-        trajectory = result.trajectory.read_text(encoding="utf-8")
-        summary = _summarise(result.trajectory, result.ending, time.monotonic() - started, model_name)
-        patch = result.ending.submission
-        if job.evaluate and patch:
-            try:
-                evaluation = load_grader(job.grader)(instance, patch, image)
-            except Exception as error:  # noqa: BLE001
-                return base.model_copy(update={"error": f"grading failed: {one_line(error)}",
-                                               "trajectory": trajectory, "summary": summary})
-            summary.evaluation = evaluation
-            trajectory = _with_evaluation(trajectory, evaluation)
-        summary.elapsed_s = round(time.monotonic() - started, 3)
-        return base.model_copy(update={
-            "ok": True, "trajectory": trajectory, "patch": patch,
-            "sandbox_diff": result.sandbox_diff.read_text(encoding="utf-8"), "summary": summary,
-        })
-    except Exception as error:  # noqa: BLE001 - e.g. the base image could not be built
-        return base.model_copy(update={"error": one_line(error), "retryable": False})
     finally:
         if temporary:
             shutil.rmtree(output, ignore_errors=True)
@@ -232,14 +250,45 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class LocalExecutor:
-    """`workers` daemon threads, each running one episode at a time."""
+class _WarmPools:
+    """Warm sandboxes (sandbox.pool) per sandbox config, so an episode skips the container start.
 
-    def __init__(self, workers: int, on_step: StepCallback | None = None) -> None:
+    solve() asks for a sandbox with the config it derived from the job; a pool whose config is that
+    one hands over a started sandbox, anything else gets a fresh one. One pool per distinct config
+    (in practice: per image), each keeping `size` ready.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._pools: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def open(self, config: Any) -> Any:
+        from sandbox.pool import WarmPool
+
+        key = config.model_dump_json()
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = WarmPool(config, size=self._size)
+        return pool.acquire()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+
+class LocalExecutor:
+    """`workers` daemon threads, each running one episode at a time; `warm` ready sandboxes per image."""
+
+    def __init__(self, workers: int, on_step: StepCallback | None = None, warm: int = 0) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
         self._on_step = on_step
+        self._warm = _WarmPools(warm) if warm > 0 else None
         self._jobs: queue.SimpleQueue[EpisodeJob | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[EpisodeOutcome] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"cwm-batch-{n}", daemon=True)
@@ -253,7 +302,7 @@ class LocalExecutor:
             if job is None:
                 return
             try:
-                outcome = run_job(job, self._on_step)
+                outcome = run_job(job, self._on_step, self._warm.open if self._warm else None)
             except BaseException as error:  # noqa: BLE001 - a worker must always answer
                 outcome = EpisodeOutcome(instance_id=job.instance.instance_id, sample=job.sample,
                                          attempt=job.attempt, slot=job.slot, ok=False, error=one_line(error))
@@ -276,19 +325,22 @@ class LocalExecutor:
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
+        if self._warm is not None:
+            self._warm.close()
 
 
 def _ray_episode(job: dict[str, Any], steps: Any = None) -> dict[str, Any]:
     """The Ray task: plain dicts in and out, so driver and nodes only share the package, not pickles."""
+    _quiet_worker_logging()
     episode = EpisodeJob.model_validate(job)
-    on_step = None
-    if steps is not None:
-        def on_step(slot: int, index: int) -> None:
-            try:
-                steps.put_nowait((slot, index))
-            except Exception:  # noqa: BLE001 - progress is best effort
-                pass
-    return run_job(episode, on_step).model_dump(mode="json")
+
+    def report(slot: int, index: int) -> None:
+        try:
+            steps.put_nowait((slot, index))
+        except Exception:  # noqa: BLE001 - progress is best effort
+            pass
+
+    return run_job(episode, report if steps is not None else None).model_dump(mode="json")
 
 
 class RayExecutor:
@@ -305,9 +357,10 @@ class RayExecutor:
         self.capacity = workers
         self._started_ray = False
         if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning"}
-            if address is None:
-                options["num_cpus"] = max(1, int(workers * task_cpus + 0.999))
+            options: dict[str, Any] = {}
+            if address is None:  # a private local instance; a cluster's settings are the cluster's
+                options = {"num_cpus": max(1, int(workers * task_cpus + 0.999)), "include_dashboard": False,
+                           "logging_level": "warning"}
             options.update(init_options or {})
             ray.init(address=address, **options)
             self._started_ray = True

@@ -122,11 +122,13 @@ def _overlay_working_tree(local: git.Repo, dest: Path) -> None:
 def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
     """Copy the checkout to the sandbox's workdir, prune unrelated history, and reset the session there."""
     workdir = sandbox.config.workdir
-    sandbox.run(f"rm -rf {workdir} && mkdir -p {workdir}")
-    sandbox.copy_in(prepared.path, str(Path(workdir).parent))
-    parent = str(Path(workdir).parent).rstrip("/")
-    if Path(workdir).name != prepared.path.name:
-        sandbox.run(f"rm -rf {workdir} && mv {parent}/{prepared.path.name} {workdir}")
+    # Through /tmp and `cp -a` rather than into `/`: a bubblewrap sandbox's root is read-only.
+    staging = "/tmp/.cwm-repo"
+    sandbox.run(f"mkdir -p {workdir} && find {workdir} -mindepth 1 -delete; rm -rf {staging}", aside=True)
+    sandbox.copy_in(prepared.path, staging)
+    copied = sandbox.run(f"cp -a {staging}/{prepared.path.name}/. {workdir}/ && rm -rf {staging}", aside=True)
+    if copied.exit_code != 0:
+        raise RepoError(f"could not copy the repository into the sandbox: {copied.output.strip()[-300:]}")
     result = sandbox.run(prune_git_history_script(workdir), aside=True)
     if result.exit_code != 0:
         raise RepoError(f"could not prepare the repository in the sandbox: {result.output.strip()[-300:]}")

@@ -67,4 +67,6 @@ def create(sandbox: Sandbox, body: str) -> ToolResult:
         sandbox.write_file(absolute, encode_text(content), mode=NEW_FILE_MODE)
     except (FileNotFoundError, NotADirectoryError):
         return file_result(missing_parent, False, started)
+    except OSError as error:  # read-only filesystem, bad name, full disk: tell the model, keep going
+        return file_result(printed(f"File creation failed. {error.strerror or error}"), False, started)
     return file_result(success_message(path, content), True, started)

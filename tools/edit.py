@@ -155,5 +155,9 @@ def edit(sandbox: Sandbox, body: str) -> ToolResult:
     if outcome.new_text is None:
         return file_result(outcome.message, False, started)
     # No mode given: write_file keeps an existing file's permission bits.
-    sandbox.write_file(absolute, encode_text(outcome.new_text))
+    try:
+        sandbox.write_file(absolute, encode_text(outcome.new_text))
+    except OSError as error:  # read-only filesystem, full disk: tell the model, keep going
+        return file_result(printed(f"The edit could not be written to {path}: {error.strerror or error}"),
+                           False, started)
     return file_result(outcome.message, True, started)

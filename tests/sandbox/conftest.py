@@ -14,8 +14,7 @@ import pytest
 
 from sandbox.base import Sandbox, SandboxConfig, SandboxError
 
-# A bubblewrap backend adds `pytest.param("bwrap", marks=pytest.mark.bwrap)` here.
-BACKENDS = [pytest.param("docker", marks=pytest.mark.docker)]
+BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), pytest.param("bwrap", marks=pytest.mark.bwrap)]
 
 SandboxFactory = Callable[..., Sandbox]
 
@@ -41,6 +40,26 @@ def docker_api(run_id: str) -> Iterator[object]:
         api.remove_container(container["Id"], force=True)
 
 
+@pytest.fixture(scope="session")
+def bwrap_rootfs(request: pytest.FixtureRequest) -> str:
+    """Root filesystem for the bubblewrap backend; skips its tests where bwrap is unusable.
+
+    `CWM_TEST_ROOTFS` (a directory or a tarball from `python -m sandbox.rootfs export`) serves hosts
+    without Docker; otherwise the base image is exported once and cached by image id.
+    """
+    from sandbox.bwrap import bwrap_info
+    from sandbox.rootfs import cached_image_rootfs, ensure_rootfs
+
+    try:
+        bwrap_info()
+    except SandboxError as exc:
+        pytest.skip(str(exc))
+    given = os.environ.get("CWM_TEST_ROOTFS")
+    if given:
+        return str(ensure_rootfs(given))
+    return str(cached_image_rootfs(request.getfixturevalue("base_image")))
+
+
 def _factory(backend: str, image: str, run_id: str) -> tuple[SandboxFactory, list[Sandbox]]:
     created: list[Sandbox] = []
 
@@ -50,6 +69,10 @@ def _factory(backend: str, image: str, run_id: str) -> tuple[SandboxFactory, lis
             from sandbox.docker import DockerSandbox
 
             sandbox: Sandbox = DockerSandbox(config)
+        elif backend == "bwrap":
+            from sandbox.bwrap import BwrapSandbox
+
+            sandbox = BwrapSandbox(config)
         else:
             raise AssertionError(f"unknown backend {backend}")
         created.append(sandbox)
@@ -59,11 +82,14 @@ def _factory(backend: str, image: str, run_id: str) -> tuple[SandboxFactory, lis
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def sandbox_factory(request: pytest.FixtureRequest, base_image: str, run_id: str) -> Iterator[SandboxFactory]:
+def sandbox_factory(request: pytest.FixtureRequest, run_id: str) -> Iterator[SandboxFactory]:
     """`make(**config_overrides)` -> a started sandbox of this backend, closed after the module."""
     if request.param == "docker":
         request.getfixturevalue("docker_api")
-    make, created = _factory(request.param, base_image, run_id)
+        image = request.getfixturevalue("base_image")
+    else:
+        image = request.getfixturevalue("bwrap_rootfs")
+    make, created = _factory(request.param, image, run_id)
     yield make
     for sandbox in created:
         sandbox.close()

@@ -1,0 +1,213 @@
+"""Live progress of a batch: one line per worker and an overall bar, or plain log lines.
+
+On a terminal, a rich Live display redraws a few times a second: for each worker slot the instance,
+sample, step and elapsed time of its episode, and below them a bar with done/total, errored, resolved
+so far (when grading) and an ETA. When stderr is not a terminal (CI, `| tee`, nohup), redrawing would
+only fill the log with control codes, so each finished episode becomes one plain line instead, with
+the same counts and ETA.
+
+Worker threads call `step`; the driver thread calls everything else. Both implementations lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class BatchProgress(Protocol):
+    def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None: ...
+
+    def started(self, slot: int, instance_id: str, sample: int, attempt: int) -> None: ...
+
+    def step(self, slot: int, index: int) -> None: ...
+
+    def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
+                 resolved: bool | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Slot:
+    instance_id: str
+    sample: int
+    attempt: int
+    started: float
+    step: int = 0
+
+
+class _Counts:
+    """Shared bookkeeping: totals, this session's pace and the ETA it implies."""
+
+    def __init__(self) -> None:
+        self.total = self.finished = self.errored = self.resolved = 0
+        self.workers = 1
+        self.evaluating = False
+        self.session_finished = 0
+        self.session_started = time.monotonic()
+
+    def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
+        self.total, self.finished, self.errored, self.resolved = total, finished, errored, resolved
+        self.workers, self.evaluating = workers, evaluating
+        self.session_started = time.monotonic()
+
+    def record(self, ok: bool, resolved: bool | None) -> None:
+        self.finished += 1
+        self.session_finished += 1
+        self.errored += 0 if ok else 1
+        self.resolved += 1 if resolved else 0
+
+    def eta_s(self) -> float | None:
+        if not self.session_finished:
+            return None
+        pace = (time.monotonic() - self.session_started) / self.session_finished
+        return pace * (self.total - self.finished)
+
+    def stats(self) -> str:
+        text = f"done {self.finished - self.errored}  errored {self.errored}"
+        if self.evaluating:
+            text += f"  resolved {self.resolved}"
+        return text
+
+
+class LogProgress:
+    """One line per finished episode (and, verbose, per start and step) on a plain stream."""
+
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self._console = console
+        self._verbose = verbose
+        self._counts = _Counts()
+        self._slots: dict[int, _Slot] = {}
+        self._lock = threading.Lock()
+
+    def _print(self, text: str) -> None:
+        self._console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
+        with self._lock:
+            self._counts.begin(total, finished, errored, resolved, workers, evaluating)
+            self._print(f"batch: {total} episodes, {finished} already finished, {workers} workers")
+
+    def started(self, slot: int, instance_id: str, sample: int, attempt: int) -> None:
+        with self._lock:
+            self._slots[slot] = _Slot(instance_id, sample, attempt, time.monotonic())
+            if self._verbose:
+                again = f" (attempt {attempt})" if attempt > 1 else ""
+                self._print(f"start  {instance_id} #{sample}{again} on worker {slot}")
+
+    def step(self, slot: int, index: int) -> None:
+        with self._lock:
+            current = self._slots.get(slot)
+            if current is None:
+                return
+            current.step = index
+            if self._verbose:
+                self._print(f"  {current.instance_id} #{current.sample} step {index}")
+
+    def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
+                 resolved: bool | None) -> None:
+        with self._lock:
+            current = self._slots.pop(slot, None)
+            took = time.monotonic() - current.started if current else 0.0
+            counts = self._counts
+            counts.record(ok, resolved)
+            eta = counts.eta_s()
+            eta_text = f"  eta {_clock(eta)}" if eta is not None and counts.finished < counts.total else ""
+            width = len(str(counts.total))
+            self._print(f"[{counts.finished:>{width}}/{counts.total}] {'done ' if ok else 'ERROR'} {instance_id} "
+                        f"#{sample}  {detail}  {took:.1f}s  ({counts.stats()}{eta_text})")
+
+    def close(self) -> None:
+        pass
+
+
+class LiveProgress:
+    """rich Live display: worker lines plus an overall bar; redrawn by rich's own refresh thread."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.live import Live
+
+        self._console = console
+        self._counts = _Counts()
+        self._slots: dict[int, _Slot | None] = {}
+        self._lock = threading.Lock()
+        self._bar = Progress(
+            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+        )
+        self._task = self._bar.add_task("batch", total=1, stats="")
+        self._live = Live(self, console=console, refresh_per_second=4, transient=False)
+        self._live_started = False
+
+    def __rich__(self) -> RenderableType:
+        table = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        with self._lock:
+            for slot in sorted(self._slots):
+                current = self._slots[slot]
+                if current is None:
+                    table.add_row(f"[dim]w{slot}", "[dim]idle", "", "")
+                    continue
+                again = f" (attempt {current.attempt})" if current.attempt > 1 else ""
+                table.add_row(f"w{slot}", f"{current.instance_id} #{current.sample}{again}",
+                              f"step {current.step}", _clock(now - current.started))
+            self._bar.update(self._task, stats=self._counts.stats())
+        return Group(table, self._bar)
+
+    def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
+        with self._lock:
+            self._counts.begin(total, finished, errored, resolved, workers, evaluating)
+            self._slots = {slot: None for slot in range(workers)}
+            self._bar.reset(self._task, total=max(total, 1), completed=finished, stats=self._counts.stats())
+        if not self._live_started:  # started here, not in __init__: a refused run never draws anything
+            self._live.start()
+            self._live_started = True
+
+    def started(self, slot: int, instance_id: str, sample: int, attempt: int) -> None:
+        with self._lock:
+            self._slots[slot] = _Slot(instance_id, sample, attempt, time.monotonic())
+
+    def step(self, slot: int, index: int) -> None:
+        with self._lock:
+            current = self._slots.get(slot)
+            if current is not None:
+                current.step = index
+
+    def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
+                 resolved: bool | None) -> None:
+        with self._lock:
+            self._slots[slot] = None
+            self._counts.record(ok, resolved)
+            self._bar.advance(self._task)
+        if not ok:
+            self._live.console.print(f"[red]error[/] {escape(instance_id)} #{sample}: {escape(detail)}",
+                                     highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self._live_started:
+            self._live.stop()
+            self._live_started = False
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def make_progress(console: Console | None = None, verbose: bool = False) -> BatchProgress:
+    """Live display on a terminal, plain lines otherwise."""
+    console = console or Console(stderr=True)
+    if console.is_terminal and not console.is_dumb_terminal:
+        return LiveProgress(console)
+    return LogProgress(console, verbose=verbose)
