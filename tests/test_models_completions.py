@@ -84,6 +84,7 @@ def test_body_has_sampling_stops_and_cap(server: FakeOpenAIServer) -> None:
     assert body["stop_token_ids"] == [128001, 128008, 128009]
     assert set(body["stop"]) == {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"}
     assert body["skip_special_tokens"] is False
+    assert body["add_special_tokens"] is False  # the prompt carries its own <|begin_of_text|>
     assert body["max_tokens"] == 65536
     assert "structured_outputs" not in body and "guided_regex" not in body
 

@@ -73,6 +73,8 @@ class CompletionsModel(ServerModel):
             "stop": list(STOP_STRINGS),
             "stop_token_ids": list(STOP_TOKEN_IDS),
             "skip_special_tokens": False,
+            # The rendered prompt already starts with <|begin_of_text|>: the server must not add another.
+            "add_special_tokens": False,
         }
         body.update(self.options.extra_body)
         return body
