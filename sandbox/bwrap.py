@@ -81,6 +81,7 @@ from typing import Any
 import structlog
 
 from sandbox import lifecycle
+from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
 from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError
 from sandbox.reaper import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, OwnerState, current_owner
 from sandbox.reaper import owner_state
@@ -509,34 +510,6 @@ class BwrapShellHost:
                         pass
 
 
-# -- tar helpers ------------------------------------------------------------------------------------
-
-
-def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
-def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """Archives from the sandbox are untrusted: skip members that would land outside `dest`."""
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is None:
-        name = posixpath.normpath(member.name)
-        if name.startswith(("/", "..")) or member.isdev() or member.islnk() or member.issym():
-            log.warning("sandbox.copy_out_skipped", member=member.name)
-            return None
-        return member
-    try:
-        return data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        log.warning("sandbox.copy_out_skipped", member=member.name, reason=str(exc))
-        return None
-
-
-_NO_FURTHER_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
-
-
 # -- the sandbox ------------------------------------------------------------------------------------
 
 
@@ -829,7 +802,7 @@ class BwrapSandbox(Sandbox):
             dest = shlex.quote(self.resolve(sandbox_dir))
             with self._spool() as (name, dir_fd):
                 with self._create_spool(name, dir_fd) as handle, tarfile.open(fileobj=handle, mode="w") as tar:
-                    tar.add(str(host_path), arcname=host_path.name, filter=_root_owned)
+                    tar.add(str(host_path), arcname=host_path.name, filter=root_owned)
                 out = self._internal(_capped(
                     f"command -p mkdir -p -- {dest} && command -p tar --no-same-owner -xf /tmp/{name} -C {dest}"
                 ))
@@ -857,9 +830,9 @@ class BwrapSandbox(Sandbox):
                     raise SandboxError(f"copy out of the sandbox failed: {(out or b'').decode(errors='replace')[:300]}")
                 with self._open_spool(name, dir_fd) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
                     for member in tar:
-                        safe = _safe_member(member, str(host_dir))
+                        safe = safe_member(member, str(host_dir))
                         if safe is not None:
-                            tar.extract(safe, str(host_dir), **_NO_FURTHER_FILTER)
+                            tar.extract(safe, str(host_dir), **NO_FURTHER_FILTER)
 
     # -- teardown -----------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from docker.utils import kwargs_from_env
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from sandbox import lifecycle
+from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
 from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError
 from sandbox.reaper import owner_labels, reap_orphans
 from sandbox.session import BashSession, ChannelTimeout
@@ -299,32 +300,6 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-# `_safe_member` has filtered already; tell tarfile (3.12+ warns without a filter) not to again.
-_NO_FURTHER_FILTER: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
-
-
-def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
-def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """Extraction filter for archives from the sandbox (untrusted): skip what would escape `dest`."""
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is None:  # Python without extraction filters: refuse anything suspicious
-        name = posixpath.normpath(member.name)
-        if name.startswith(("/", "..")) or member.isdev() or member.islnk() or member.issym():
-            log.warning("sandbox.copy_out_skipped", member=member.name)
-            return None
-        return member
-    try:
-        return data_filter(member, dest)
-    except tarfile.FilterError as exc:
-        log.warning("sandbox.copy_out_skipped", member=member.name, reason=str(exc))
-        return None
-
-
 # -- the sandbox ----------------------------------------------------------------------------------
 
 
@@ -529,7 +504,7 @@ class DockerSandbox(Sandbox):
         """Through the archive API: fast for any size, but replaces the file (and any symlink)."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = _root_owned(tarfile.TarInfo(posixpath.basename(target)))
+            info = root_owned(tarfile.TarInfo(posixpath.basename(target)))
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
             tar.addfile(info, io.BytesIO(data))
         try:
@@ -549,7 +524,7 @@ class DockerSandbox(Sandbox):
                 raise SandboxError(f"cannot create {dest} in the sandbox: {made!r}")
             with tempfile.TemporaryFile() as spool:  # a repository can be large: spool to disk
                 with tarfile.open(fileobj=spool, mode="w") as tar:
-                    tar.add(str(host_path), arcname=host_path.name, filter=_root_owned)
+                    tar.add(str(host_path), arcname=host_path.name, filter=root_owned)
                 spool.seek(0)
                 try:
                     self._api.put_archive(self.container_id, dest, spool)
@@ -568,9 +543,9 @@ class DockerSandbox(Sandbox):
                 raise FileNotFoundError(source) from exc
             with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(chunks))), mode="r|") as tar:
                 for member in tar:
-                    safe = _safe_member(member, str(host_dir))
+                    safe = safe_member(member, str(host_dir))
                     if safe is not None:
-                        tar.extract(safe, str(host_dir), **_NO_FURTHER_FILTER)
+                        tar.extract(safe, str(host_dir), **NO_FURTHER_FILTER)
 
     # -- teardown -------------------------------------------------------------------------------
 
