@@ -149,6 +149,11 @@ def solve(
     constrained: str = typer.Option("off", help="force well-formed replies with vLLM structured outputs: off, "
                                                 "exact (CWM's reply grammar), or bounded (length-capped, for "
                                                 "random-weight test models)"),
+    trace_tests: Optional[List[str]] = typer.Option(
+        None, "--trace-tests", metavar="NODE_ID",
+        help="trace this pytest test (e.g. tests/test_x.py::test_y, relative to the repository) before and after "
+             "the episode; the traces go to <output>/<id>.traces/ and the viewer steps through them (repeatable)"),
+    trace_max_frames: int = typer.Option(10_000, help="--trace-tests: frame bound of each trace"),
 ) -> None:
     """Solve one issue in one repository: sandbox, CWM loop, trajectory, patch."""
     from agent.loop import LoopConfig
@@ -156,16 +161,25 @@ def solve(
     from agent.models.factory import make_model
     from agent.repo import RepoError
     from agent.solve import SolveRequest, solve as run_solve
+    from agent.trace_tests import check_node_id
+    from agent.tracing.run import TraceLimits
     from images.build import ImageBuildError, ensure_base_image
     from sandbox.base import SandboxConfig, SandboxError
 
     open_sandbox = _sandbox_backend(sandbox)
     constraint = _constraint(constrained)
+    for node_id in trace_tests or []:
+        try:
+            check_node_id(node_id)
+        except ValueError as error:
+            fail(str(error))
+    if trace_max_frames < 1:
+        fail("--trace-max-frames must be at least 1")
 
     if example is not None:
         folder = EXAMPLES_DIR / example
-        if not folder.is_dir():
-            known = ", ".join(sorted(p.name for p in EXAMPLES_DIR.iterdir() if p.is_dir()))
+        if not (folder / "issue.md").is_file():  # an example to solve has a repository and an issue
+            known = ", ".join(sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "issue.md").is_file()))
             fail(f"no bundled example {example!r}; known: {known}")
         repo = repo or str(folder / "repo")
         issue_file = issue_file or folder / "issue.md"
@@ -185,6 +199,7 @@ def solve(
         repo=repo, commit=commit, issue=issue_text, image=image, output=output, allow_dirty=allow_dirty,
         instance_id=instance_id, loop=LoopConfig(max_turns=max_turns, wall_clock_s=wall_clock),
         sandbox=SandboxConfig(image=image, timeout_s=timeout),
+        trace_tests=trace_tests or [], trace_limits=TraceLimits(max_frames=trace_max_frames),
     )
     out = Console(soft_wrap=True)
 
@@ -204,6 +219,10 @@ def solve(
     out.print(f"trajectory  {result.trajectory}")
     out.print(f"patch       {result.patch or '(none submitted)'}")
     out.print(f"sandbox git diff {result.sandbox_diff}")
+    for traced in ending.test_traces:
+        where = traced.path or f"no trace: {traced.error}"
+        out.print(f"trace {traced.phase:<6} {traced.outcome:<7} {traced.frames:>5} frames  {traced.node_id}  {where}",
+                  highlight=False, markup=False)
     if ending.status != "submitted":
         raise typer.Exit(1)
 
@@ -436,16 +455,18 @@ def sandbox_prune(
                                                    "(another host, missing labels); never a live owner's"),
     run_id: Optional[str] = typer.Option(None, help="only this run's containers"),
 ) -> None:
-    """Remove sandbox containers whose owning process is gone (a killed run's leftovers)."""
+    """Remove sandbox containers and host checkouts whose owning process is gone (a killed run's leftovers)."""
+    from agent.repo import reap_workspaces
     from sandbox.base import SandboxError
     from sandbox.docker import connect
     from sandbox.reaper import prune
 
+    checkouts = reap_workspaces()
     try:
         removed = prune(connect(), all=all_, run_id=run_id)
     except SandboxError as error:
         fail(str(error))
-    print(f"removed {len(removed)} container(s)")
+    print(f"removed {len(removed)} container(s) and {len(checkouts)} orphaned checkout(s)")
 
 from agent.batch import batch_command  # noqa: E402 - registered after the app exists
 

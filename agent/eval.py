@@ -278,8 +278,9 @@ class InstanceResult(BaseModel):
             + (f"; error: {self.error}" if self.error else "")
         )
         body = (self._log or self.log_tail)[-EVALUATION_LOG_CHARS:]
-        return Evaluation(resolved=self.resolved, fail_to_pass=self.fail_to_pass, pass_to_pass=self.pass_to_pass,
-                          log=f"{head}\n{body}")
+        return Evaluation(resolved=self.resolved, empty_patch=self.empty_patch, patch_applied=self.patch_applied,
+                          apply_method=self.apply_method, error=self.error, fail_to_pass=self.fail_to_pass,
+                          pass_to_pass=self.pass_to_pass, log=f"{head}\n{body}")
 
     def line(self) -> str:
         """One readable line for the summary."""

@@ -14,13 +14,20 @@ import tempfile
 from pathlib import Path
 
 import git
+import structlog
 from pydantic import BaseModel
 
 from sandbox.base import Sandbox
+from sandbox.reaper import current_owner, process_start_time
 from sandbox.session import prune_git_history_script
+
+log = structlog.get_logger()
 
 SNAPSHOT_DATE = "2000-01-01T00:00:00+0000"
 URL_PATTERN = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
+WORKSPACE_PREFIX = "cwm-repo-"
+# cwm-repo-<owner pid>.<owner start time>-<random>: the owner is checked like a container's (reaper).
+WORKSPACE_NAME = re.compile(rf"^{WORKSPACE_PREFIX}(\d+)\.(\d+)-")
 
 
 class RepoError(RuntimeError):
@@ -53,9 +60,40 @@ def _snapshot(directory: Path, dest: Path) -> str:
     return repo.head.commit.hexsha
 
 
+def _new_workspace() -> Path:
+    owner = current_owner()
+    return Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{owner.pid}.{owner.start}-"))
+
+
+def reap_workspaces(root: Path | None = None) -> list[Path]:
+    """Remove checkouts left by runners that died without cleaning up (SIGKILL, OOM).
+
+    Why here and not in a `finally`: a killed process runs no cleanup, so the next runner on this host
+    removes what it can prove is orphaned — a workspace whose owner pid no longer runs with the start
+    time recorded in its name. Workspaces of live runners are never touched.
+    """
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for path in root.glob(f"{WORKSPACE_PREFIX}*"):
+        match = WORKSPACE_NAME.match(path.name)
+        if match is None or not path.is_dir():
+            continue
+        pid, start = int(match.group(1)), match.group(2)
+        if process_start_time(pid) == start:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        log.info("repo.workspace_reaped", path=str(path))
+    return removed
+
+
 def prepare_repo(source: str, commit: str | None = None, allow_dirty: bool = False) -> PreparedRepo:
-    """Make a clean checkout of `source` at `commit` (default: HEAD) in a temporary directory."""
-    workspace = Path(tempfile.mkdtemp(prefix="cwm-repo-"))
+    """Make a clean checkout of `source` at `commit` (default: HEAD) in a temporary directory.
+
+    Orphaned checkouts of killed runners are removed first (`reap_workspaces`).
+    """
+    reap_workspaces()
+    workspace = _new_workspace()
     dest = workspace / "repo"
     try:
         if URL_PATTERN.match(source):

@@ -12,15 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from agent import prompts
 from agent.loop import LoopConfig, initial_messages, run_episode
 from agent.models.base import Model
 from agent.repo import PreparedRepo, place_in_sandbox, prepare_repo
+from agent.trace_tests import Phase, check_node_id, fresh_traces_root, trace_phase
+from agent.tracing.run import TraceLimits
 from sandbox.base import Sandbox, SandboxConfig
+from sandbox.rootfs import read_meta
 from traces.recorder import Recorder
-from traces.schema import Ending, Header, ProtocolSettings, Step
+from traces.schema import Ending, Header, ProtocolSettings, Step, TracedTest
 
 log = structlog.get_logger()
 
@@ -42,6 +45,13 @@ class SolveRequest(BaseModel):
     instance_id: str | None = None
     loop: LoopConfig = LoopConfig()
     sandbox: SandboxConfig | None = None
+    trace_tests: list[str] = Field(default_factory=list, description="pytest node ids traced before and after")
+    trace_limits: TraceLimits = Field(default_factory=TraceLimits)
+
+    @field_validator("trace_tests")
+    @classmethod
+    def _node_ids(cls, value: list[str]) -> list[str]:
+        return [check_node_id(node_id) for node_id in value]
 
 
 class SolveResult(BaseModel):
@@ -58,9 +68,11 @@ def default_instance_id(repo: str, issue: str) -> str:
 
 
 def image_digest(image: str) -> str:
-    """The image's content id, so a trajectory names exactly what its sandbox ran (empty if unknown)."""
+    """The image's content id, so a trajectory names exactly what its sandbox ran (empty if unknown).
+
+    A root filesystem tree (bwrap) has the id of the Docker image it was exported from."""
     if Path(image).is_dir():
-        return ""
+        return read_meta(Path(image)).image_id
     try:
         from images.build import docker_client
 
@@ -88,7 +100,9 @@ def solve(
     """Prepare the repository, run the episode, and write trajectory, patch and sandbox diff.
 
     The model is made only once the repository is known to be usable, so a bad --repo is reported
-    before a model server is contacted.
+    before a model server is contacted. With `trace_tests`, those tests are traced on the checkout
+    before the episode and on the final tree after it (agent/trace_tests.py), invisibly to the model;
+    the Ending's `test_traces` references the files.
     """
     instance_id = request.instance_id or default_instance_id(request.repo, request.issue)
     output = request.output
@@ -101,7 +115,9 @@ def solve(
         raise
     output.mkdir(parents=True, exist_ok=True)
     config = request.sandbox or SandboxConfig(image=request.image)
-    config = config.model_copy(update={"image": request.image, "timeout_s": config.timeout_s})
+    # The trajectory's run id is also the sandbox's label, so `docker ps` and the file name each other.
+    run_id = config.run_id if config.run_id != "adhoc" else uuid.uuid4().hex[:12]
+    config = config.model_copy(update={"image": request.image, "run_id": run_id})
     system = prompts.system_prompt(
         timeout=f"{config.timeout_s:g}-second", context=request.loop.context_size, turns=request.loop.max_turns
     )
@@ -109,9 +125,11 @@ def solve(
         prompts.issue_prompt(request.issue, repo_root=config.workdir), prompts.MAX_USER_TOKENS, model.count_tokens
     )
     header = Header(
-        run_id=config.run_id if config.run_id != "adhoc" else uuid.uuid4().hex[:12],
+        run_id=run_id,
         instance_id=instance_id, repo=request.repo, commit=prepared.commit, image=request.image,
         image_digest=image_digest(request.image),
+        image_source=read_meta(Path(request.image)).image if Path(request.image).is_dir() else "",
+        sandbox_backend=getattr(open_sandbox, "backend", "docker"),
         workdir=config.workdir, model=model_info, runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(
             max_turns=request.loop.max_turns, context_size=request.loop.context_size,
@@ -123,18 +141,29 @@ def solve(
     trajectory_path = output / f"{instance_id}.traj.jsonl"
     recorder = Recorder(trajectory_path, header)
     diff = ""
+    traced: list[TracedTest] = []
+    traces = fresh_traces_root(output, instance_id) if request.trace_tests else None
+
+    def trace(sandbox: Sandbox, phase: Phase) -> list[TracedTest]:
+        if traces is None:
+            return []
+        return trace_phase(sandbox, request.trace_tests, phase, traces, output, request.trace_limits)
+
     try:
         with open_sandbox(config) as sandbox:
             place_in_sandbox(prepared, sandbox)
+            traced += trace(sandbox, "before")
             try:
                 ending = run_episode(model, sandbox, initial_messages(system, user), recorder, request.loop, on_step)
             except BaseException as error:
                 interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
                 recorder.end(Ending(status="interrupted" if interrupted else "error",
-                                    reason=f"{error.__class__.__name__}: {error}"))
+                                    reason=f"{error.__class__.__name__}: {error}", test_traces=traced))
                 raise
             diff = sandbox_git_diff(sandbox)
+            traced += trace(sandbox, "after")  # after the diff is taken: tracing cannot change it
         ending.sandbox_diff = diff
+        ending.test_traces = traced
         recorder.end(ending)
     finally:
         recorder.close()

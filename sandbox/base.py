@@ -6,9 +6,11 @@ Results are pydantic models so that they can be recorded in trajectories unchang
 
 from __future__ import annotations
 
+import errno
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -71,6 +73,26 @@ class SandboxError(RuntimeError):
     """A sandbox could not be created or used; the message says what to do."""
 
 
+# What tools print when a write in the sandbox fails, by the errno they name (matched case-insensitively
+# in the shell's or the daemon's message).
+_WRITE_ERRNOS = (errno.ENAMETOOLONG, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES,
+                 errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ETXTBSY, errno.ENOENT)
+
+
+def write_error(target: str, message: str | bytes | None) -> OSError | None:
+    """The OSError a failed in-sandbox write stands for, or None when `message` names no known error.
+
+    Why: the model sees this error's text. It must read the same on every backend and in every replay,
+    so it is rebuilt from the errno alone (`File name too long`), never passed on with the shell's
+    line counter or a daemon's URL in it.
+    """
+    text = (message.decode(errors="replace") if isinstance(message, bytes) else message or "").lower()
+    for code in _WRITE_ERRNOS:
+        if os.strerror(code).lower() in text:
+            return OSError(code, os.strerror(code), target)
+    return None
+
+
 class Sandbox(ABC):
     """A started, isolated environment holding one persistent bash session.
 
@@ -78,6 +100,7 @@ class Sandbox(ABC):
     """
 
     config: SandboxConfig
+    backend: ClassVar[str]  # recorded in trajectories: what a replay must reproduce
 
     @abstractmethod
     def run(self, command: str, timeout_s: float | None = None, aside: bool = False) -> CommandResult:

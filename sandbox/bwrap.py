@@ -82,11 +82,11 @@ import structlog
 
 from sandbox import lifecycle
 from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
-from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError
+from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError, write_error
 from sandbox.reaper import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, OwnerState, current_owner
 from sandbox.reaper import owner_state
 from sandbox.rootfs import DEFAULT_PATH, ImageMeta, Layout, Mount, Resolver, Target, read_meta, validate_rootfs
-from sandbox.session import BashSession, ChannelTimeout
+from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel
 
 log = structlog.get_logger()
 
@@ -103,7 +103,6 @@ DATA_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 KILL_WAIT_S = 10.0
 INFO_WAIT_S = 30.0
 INTERNAL_TIMEOUT_S = 120.0
-_RECV_BYTES = 256 * 1024
 _OWNER_FILE = "owner.json"
 _LIMITS_SCRIPT = 'ulimit -H -S -u "$1" && ulimit -H -S -v "$2" && shift 2 && exec "$@"'
 _REQUIRED_OPTIONS = ("--args", "--info-fd", "--die-with-parent", "--cap-add", "--remount-ro", "--symlink")
@@ -194,49 +193,21 @@ def _spawn(job: Callable[[], Any]) -> Any:
 # -- the byte channel -------------------------------------------------------------------------------
 
 
-class PipeChannel:
+class PipeChannel(DeadlineChannel):
     """`session.Channel` over bwrap's stdin and (merged) stdout pipes."""
 
     def __init__(self, stdin: io.BufferedWriter, stdout: io.BufferedReader) -> None:
         self._stdin, self._stdout = stdin, stdout
-        self._in, self._out = stdin.fileno(), stdout.fileno()
-        os.set_blocking(self._in, False)
-        os.set_blocking(self._out, False)
+        self._write_fd, self._read_fd = stdin.fileno(), stdout.fileno()
+        os.set_blocking(self._write_fd, False)
+        os.set_blocking(self._read_fd, False)
         self._closed = False
 
-    def send(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout()
-            _, writable, _ = select.select([], [self._in], [], remaining)
-            if not writable:
-                raise ChannelTimeout()
-            try:
-                view = view[os.write(self._in, view) :]
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, OSError):
-                return  # the shell is gone (or the channel was closed): recv() reports EOF
+    def _write(self, view: memoryview) -> int:
+        return os.write(self._write_fd, view)
 
-    def recv(self, deadline: float) -> bytes:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout()
-            try:
-                readable, _, _ = select.select([self._out], [], [], remaining)
-            except (ValueError, OSError):
-                return b""  # closed under us by close() from another thread
-            if not readable:
-                raise ChannelTimeout()
-            try:
-                return os.read(self._out, _RECV_BYTES)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+    def _read(self) -> bytes:
+        return os.read(self._read_fd, RECV_BYTES)
 
     def close(self) -> None:
         if self._closed:
@@ -516,6 +487,8 @@ class BwrapShellHost:
 class BwrapSandbox(Sandbox):
     """A root filesystem tree run under bubblewrap, holding one persistent bash session."""
 
+    backend = "bwrap"
+
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self._lock = threading.RLock()  # one command (or file operation) at a time
@@ -788,9 +761,8 @@ class BwrapSandbox(Sandbox):
         if out == b"D":
             raise IsADirectoryError(errno.EISDIR, "Is a directory", target)
         if out is None or not out.endswith(b"O"):
-            message = (out or b"").decode(errors="replace").strip()[:200]
-            code = errno.EROFS if "Read-only file system" in message else errno.EIO
-            raise OSError(code, f"could not write the file: {message}", target)
+            log.info("sandbox.write_failed", path=target, output=(out or b"")[:200])
+            raise write_error(target, out) or OSError(errno.EIO, os.strerror(errno.EIO), target)
 
     def copy_in(self, host_path: Path, sandbox_dir: str) -> None:
         """Copy a host file or tree in: packed here, unpacked by `tar` inside the sandbox."""

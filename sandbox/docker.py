@@ -19,12 +19,12 @@ users, ptrace...) is needed; tests/sandbox/test_docker_isolation.py pins the set
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import os
 import posixpath
 import re
 import secrets
-import select
 import shlex
 import socket
 import stat
@@ -46,9 +46,9 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from sandbox import lifecycle
 from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
-from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError
+from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError, write_error
 from sandbox.reaper import owner_labels, reap_orphans
-from sandbox.session import BashSession, ChannelTimeout
+from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel
 
 log = structlog.get_logger()
 
@@ -64,7 +64,6 @@ KILL_WAIT_S = 10.0
 FAST_FILE_BYTES = 1024 * 1024  # reads up to this size go through the session
 INLINE_WRITE_BYTES = 64 * 1024  # writes up to this size go inline through the session
 _FRAME_HEADER = 8
-_RECV_BYTES = 256 * 1024
 
 _reap_lock = threading.Lock()
 _reaped_pid: int | None = None
@@ -142,53 +141,26 @@ def _remove_container(api: APIClient, container_id: str) -> None:
 # -- the exec stream --------------------------------------------------------------------------------
 
 
-class ExecChannel:
+class ExecChannel(DeadlineChannel):
     """`session.Channel` over a hijacked `docker exec` socket (stdin=True, tty=False)."""
 
     def __init__(self, sock_io: Any) -> None:
         self._io = sock_io  # keep the SocketIO (and through it the HTTP response) alive
         self._sock: socket.socket = sock_io._sock if hasattr(sock_io, "_sock") else sock_io
         self._sock.setblocking(False)
+        self._write_fd = self._read_fd = self._sock
         self._header = bytearray()
         self._left = 0  # payload bytes still to come in the current frame
         self._closed = False
 
-    def send(self, data: bytes, deadline: float) -> None:
-        view = memoryview(data)
-        while view:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout()
-            _, writable, _ = select.select([], [self._sock], [], remaining)
-            if not writable:
-                raise ChannelTimeout()
-            try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                return  # the shell is gone; recv() reports it as EOF
-            view = view[sent:]
+    def _write(self, view: memoryview) -> int:
+        return self._sock.send(view)
 
-    def recv(self, deadline: float) -> bytes:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelTimeout()
-            readable, _, _ = select.select([self._sock], [], [], remaining)
-            if not readable:
-                raise ChannelTimeout()
-            try:
-                data = self._sock.recv(_RECV_BYTES)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                return b""
-            if not data:
-                return b""
-            payload = self._demux(data)
-            if payload:
-                return payload
+    def _read(self) -> bytes:
+        return self._sock.recv(RECV_BYTES)
+
+    def _payload(self, data: bytes) -> bytes:
+        return self._demux(data)
 
     def _demux(self, data: bytes) -> bytes:
         """Strip Docker's stream headers ([type, 0, 0, 0, big-endian length]) from `data`."""
@@ -305,6 +277,8 @@ class _ChunkReader(io.RawIOBase):
 
 class DockerSandbox(Sandbox):
     """A running container holding one persistent bash session."""
+
+    backend = "docker"
 
     def __init__(self, config: SandboxConfig, api: APIClient | None = None) -> None:
         self.config = config
@@ -468,9 +442,9 @@ class DockerSandbox(Sandbox):
             self._check_open()
             target = self.resolve(path)
             if len(data) <= INLINE_WRITE_BYTES:
-                delim = "CWM_DATA_" + secrets.token_hex(8)
-                encoded = base64.encodebytes(data).decode("ascii")
-                source = f"command -p base64 -d <<'{delim}'\n{encoded}{delim}"
+                # One line (a here-string): every write then advances the session's line counter,
+                # which bash prints in the model's error messages, by one line, as on every backend.
+                source = f"command -p base64 -d <<< '{base64.b64encode(data).decode('ascii')}'"
                 done = self._write_via_session(target, mode, source)
             else:
                 upload = f"/tmp/.cwm-upload-{secrets.token_hex(8)}"
@@ -496,6 +470,9 @@ class DockerSandbox(Sandbox):
         if out == b"D":
             raise IsADirectoryError(target)
         if out != b"O":
+            error = write_error(target, out)
+            if error is not None:
+                raise error  # the filesystem refused it: the archive API would only say so less clearly
             log.info("sandbox.write_fallback", path=target, output=(out or b"")[:200])
             return False
         return True
@@ -511,6 +488,8 @@ class DockerSandbox(Sandbox):
             self._api.put_archive(self.container_id, posixpath.dirname(target) or "/", buf.getvalue())
         except NotFound as exc:
             raise FileNotFoundError(f"parent directory of {target} does not exist") from exc
+        except APIError as exc:
+            raise write_error(target, str(exc)) or OSError(errno.EIO, os.strerror(errno.EIO), target) from exc
 
     def copy_in(self, host_path: Path, sandbox_dir: str) -> None:
         with self._lock:

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import re
 import secrets
+import select
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -62,6 +63,74 @@ class Channel(Protocol):
 
     def close(self) -> None:
         """Release the stream; the shell sees EOF on its stdin (idempotent)."""
+
+
+RECV_BYTES = 256 * 1024  # one read's worth of shell output
+
+
+class DeadlineChannel:
+    """The deadline-bounded send and receive loops every backend's `Channel` needs.
+
+    Backends differ only in how one non-blocking write or read is done (a socket, a pipe) and in
+    framing (Docker multiplexes stdout and stderr), so they provide `_write`, `_read` and, where
+    needed, `_payload`; the waiting, the deadline and "the shell is gone" live here once. Both file
+    descriptors must be non-blocking.
+    """
+
+    _write_fd: Any
+    _read_fd: Any
+
+    def _write(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def _read(self) -> bytes:
+        raise NotImplementedError
+
+    def _payload(self, data: bytes) -> bytes:
+        """The shell's bytes in `data` (b"" if it held only framing)."""
+        return data
+
+    def send(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeout()
+            try:
+                _, writable, _ = select.select([], [self._write_fd], [], remaining)
+            except (ValueError, OSError):
+                return  # closed under us by close() from another thread: recv() reports EOF
+            if not writable:
+                raise ChannelTimeout()
+            try:
+                view = view[self._write(view):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return  # the shell is gone (broken pipe, reset): recv() reports it as EOF
+
+    def recv(self, deadline: float) -> bytes:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeout()
+            try:
+                readable, _, _ = select.select([self._read_fd], [], [], remaining)
+            except (ValueError, OSError):
+                return b""  # closed under us by close() from another thread
+            if not readable:
+                raise ChannelTimeout()
+            try:
+                data = self._read()
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+            if not data:
+                return b""
+            payload = self._payload(data)
+            if payload:
+                return payload
 
 
 class ShellHost(Protocol):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,3 +24,13 @@ def base_image() -> str:
 @pytest.fixture(scope="session")
 def have_bwrap() -> bool:
     return shutil.which("bwrap") is not None
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    """Headless Chromium for the browser tests (one per module; they skip where it is missing)."""
+    from tests.viewer_fixtures import make_driver
+
+    browser = make_driver()
+    yield browser
+    browser.quit()

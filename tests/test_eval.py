@@ -194,6 +194,7 @@ def test_gold_patch_resolves_every_fixture(fixtures: dict[str, Instance], env_im
         assert all(evaluation.fail_to_pass.values()) and all(evaluation.pass_to_pass.values())
         assert set(evaluation.fail_to_pass) == set(instance.FAIL_TO_PASS)
         assert evaluation.log.startswith("patch: git apply")
+        assert (evaluation.patch_applied, evaluation.apply_method, evaluation.empty_patch) == (True, "git apply", False)
 
 
 @pytest.mark.docker
@@ -205,6 +206,8 @@ def test_patch_that_does_not_apply(fixtures: dict[str, Instance], env_image: str
     assert not result.patch_applied and result.apply_method is None and not result.resolved
     assert result.error is None and "git apply failed; trying patch" in result.log_tail
     assert result.line().startswith("no-apply")
+    evaluation = result.evaluation()  # as the trajectory's end record keeps it
+    assert (evaluation.patch_applied, evaluation.apply_method, evaluation.resolved) == (False, None, False)
 
 
 @pytest.mark.docker

@@ -25,13 +25,13 @@ def local_ray() -> Iterator[None]:
 
 
 def test_ray_gives_the_same_results_as_local(tmp_path: Path, base_image: str, local_ray: None) -> None:
-    instances = make_instances(8, prefix="ray")
+    instances = make_instances(20, prefix="ray")  # the size of the kill-and-resume batch
     spec = make_replays(tmp_path / "replays", instances)
     local = run_batch(instances, tmp_path / "local", model_spec=spec, workers=2, image=base_image, progress=quiet())
     sink = io.StringIO()
     remote = run_batch(instances, tmp_path / "ray", model_spec=spec, workers=2, image=base_image, executor="ray",
                        progress=LogProgress(Console(file=sink, width=200), verbose=True))
-    assert (local.done, remote.done, remote.errored, remote.exit_code) == (8, 8, 0, 0)
+    assert (local.done, remote.done, remote.errored, remote.exit_code) == (20, 20, 0, 0)
     preds = (tmp_path / "ray" / "preds.jsonl").read_text()
     assert preds == (tmp_path / "local" / "preds.jsonl").read_text() == expected_preds(instances)
     mine, theirs = read_manifest(tmp_path / "local"), read_manifest(tmp_path / "ray")

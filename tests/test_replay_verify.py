@@ -25,6 +25,7 @@ from traces.convert import write_trajectory
 from traces.recorder import read_trajectory
 from traces.replay import CannotReplay, verify
 from traces.schema import Header, ModelInfo, Step, Trajectory
+from tests.helpers import write_replies
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "traces" / "examples" / "intervals"
@@ -72,6 +73,75 @@ def test_freshly_recorded_run_verifies(tmp_path: Path, base_image: str) -> None:
     assert report.replay_path == kept / "intervals.traj.jsonl"
     again = read_trajectory(report.replay_path)
     assert again.ending is not None and again.ending.status == "submitted"
+
+
+@docker
+def test_gpu_episode_verifies_in_docker(base_image: str) -> None:
+    """The episode recorded on the GPU host (traces/examples/gpu-e2e/README.md) replays here."""
+    path = ROOT / "traces" / "examples" / "gpu-e2e" / "trajectory.jsonl"
+    recorded = read_trajectory(path)
+    header = recorded.header
+    assert (header.sandbox_backend, header.model.kind, header.model.name, header.model.constrained) == (
+        "bwrap", "completions", "cwm-tiny", True)
+    # Served by vLLM with prefix caching: every turn after the first reused the previous turns.
+    assert all((step.cached_tokens or 0) > 0 for step in recorded.steps[1:])
+    report = verify(path)
+    assert report.ok, report.render(all_diffs=True)
+    assert report.steps_compared == len(recorded.steps) == 12 and report.steps_diverged == 0
+    assert report.recorded_status == report.replayed_status == "max_turns"
+
+
+@docker
+@pytest.mark.bwrap
+def test_bubblewrap_recording_verifies_in_docker(tmp_path: Path, base_image: str) -> None:
+    """The GPU host's path: record with bubblewrap over the base image's exported tree, replay in Docker."""
+    from sandbox.bwrap import bwrap_info
+    from sandbox.rootfs import cached_image_rootfs
+
+    try:
+        bwrap_info()
+    except Exception as error:  # noqa: BLE001 - any reason bubblewrap is unusable here
+        pytest.skip(str(error))
+    tree = cached_image_rootfs(base_image)
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "solve", "--example", "intervals", "--output", str(tmp_path),
+         "--sandbox", "bwrap", "--image", str(tree)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    header = read_trajectory(tmp_path / "intervals.traj.jsonl").header
+    assert (header.sandbox_backend, header.image, header.image_source) == ("bwrap", str(tree), base_image)
+    assert header.image_digest.startswith("sha256:")
+    report = verify(tmp_path / "intervals.traj.jsonl")
+    assert report.ok, report.render(all_diffs=True)
+    assert report.image == base_image and report.steps_compared == 7 and report.steps_diverged == 0
+
+    # What a random-weight model does on the GPU host: files that cannot be created, unknown commands
+    # (bash numbers their lines), a file created and then edited. Each backend must tell the model
+    # the same thing.
+    long_name = "x" * 300
+    replies = write_replies(tmp_path / "scripted.jsonl", [
+        f"Go.\n</think>\n\n<tool: create>\n{long_name}\nnever written\n</tool>",
+        "Go.\n</think>\n\n<tool: create>\nnotes.txt\nfirst line\n</tool>",
+        "Go.\n</think>\n\n<tool: bash>\nno_such_command_here; echo after\n</tool>",
+        "Go.\n</think>\n\n<tool: edit>\nnotes.txt\n<<<<<<< SEARCH\nfirst line\n=======\nsecond line\n>>>>>>> REPLACE\n</tool>",
+        "Go.\n</think>\n\n<tool: bash>\ncat notes.txt; also_missing\n</tool>",
+        "Done.\n</think>\nnothing more",
+    ])
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "solve", "--repo", str(EXAMPLE / "repo"), "--issue", "Scripted.",
+         "--model", f"replay:{replies}", "--output", str(tmp_path / "scripted"), "--instance-id", "scripted",
+         "--sandbox", "bwrap", "--image", str(tree), "--max-turns", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    recorded = read_trajectory(tmp_path / "scripted" / "scripted.traj.jsonl")
+    assert recorded.ending is not None, done.stdout + done.stderr
+    first, _, third = recorded.steps[:3]
+    assert first.observation is not None and "File creation failed. File name too long" in first.observation
+    assert third.output is not None and "line " in third.output and "after" in third.output
+    report = verify(tmp_path / "scripted" / "scripted.traj.jsonl")
+    assert report.ok, report.render(all_diffs=True)
+    assert report.steps_compared == 6 and report.steps_diverged == 0
 
 
 VOLATILE_REPLIES = [
@@ -234,6 +304,10 @@ def test_missing_image_cannot_be_replayed() -> None:
     (norm.SHELL_TIME, "\nreal\t0m0.010s\nuser\t0m0.002s\nsys\t0m0.000s\n",
      "\nreal\t<duration>\nuser\t<duration>\nsys\t<duration>\n"),
     (norm.SHELL_TIME, "the real 0m0.010s", "the real 0m0.010s"),
+    (norm.SHELL_LINE, "/bin/bash: line 61: sson: command not found\n", "/bin/bash: line <n>: sson: command not found\n"),
+    (norm.SHELL_LINE, "x\nbash: line 7: syntax error near unexpected token `)'", "x\nbash: line <n>: syntax error near unexpected token `)'"),
+    (norm.SHELL_LINE, "no newline/bin/bash: line 46: x: command not found", "no newline/bin/bash: line <n>: x: command not found"),
+    (norm.SHELL_LINE, "mybash: line 7: is another program", "mybash: line 7: is another program"),
     (norm.PYTEST_TMP_PATH, "/tmp/pytest-of-root/pytest-12/test_io0/out.txt",
      "/tmp/pytest-of-<user>/pytest-<n>/test_io0/out.txt"),
     (norm.TEMP_PATH, "wrote /tmp/tmpa1b2_c3d/data.json", "wrote /tmp/<tmp>/data.json"),

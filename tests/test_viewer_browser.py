@@ -9,23 +9,22 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from tests.viewer_fixtures import (
-    XSS_IMAGE, XSS_REPLY, chromium_missing, make_driver, make_header, steps, write_run_dir, write_trajectory,
-    write_xss_trajectory,
+    XSS_IMAGE, XSS_REPLY, chromium_missing, no_alert, make_header, open_page, press, steps, wait, write_run_dir,
+    write_trajectory, write_xss_trajectory,
 )
 
 MISSING = chromium_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"browser tests need headless Chromium: {MISSING}")
 
 if MISSING is None:
-    from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
 from agent.viewer.server import ViewerServer, serve  # noqa: E402
 from traces.recorder import Recorder  # noqa: E402
@@ -33,13 +32,6 @@ from traces.schema import Ending  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MERGE = "intervals__merge-touching.traj.jsonl"
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    browser = make_driver()
-    yield browser
-    browser.quit()
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +48,8 @@ def server(run_dir: Path) -> Iterator[ViewerServer]:
     running.shutdown()
 
 
-def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 10) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
-
-
-def open_page(driver: Any, url: str) -> None:
-    driver.get(url)
-    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-
-
 def column(driver: Any, index: int) -> list[str]:
     return [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"#body tr td:nth-child({index})")]
-
-
-def press(driver: Any, key: str) -> None:
-    driver.find_element(By.TAG_NAME, "body").send_keys(key)
 
 
 def position(driver: Any) -> str:
@@ -80,14 +59,6 @@ def position(driver: Any) -> str:
 def status_text(driver: Any) -> str:
     """The status pill's text, read in one script call (the pill is re-rendered while polling)."""
     return str(driver.execute_script("return document.querySelector('#status .pill')?.textContent || ''")).lower()
-
-
-def no_alert(driver: Any) -> bool:
-    try:
-        driver.switch_to.alert
-    except NoAlertPresentException:
-        return True
-    return False
 
 
 def clear(box: Any) -> None:

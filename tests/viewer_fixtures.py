@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from agent import prompts
 from traces.recorder import Recorder
@@ -283,3 +283,34 @@ def make_driver(width: int = 1440, height: int = 900):  # type: ignore[no-untype
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 10) -> Any:
+    """Poll `condition(driver)` until it is truthy (Selenium's wait, at a test-friendly pace)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+
+
+def open_page(driver: Any, url: str) -> None:
+    """Load a viewer page and wait until its script says it is ready."""
+    driver.get(url)
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+
+
+def press(driver: Any, key: str) -> None:
+    """Send a key to the page body, as a user's keypress."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.TAG_NAME, "body").send_keys(key)
+
+
+def no_alert(driver: Any) -> bool:
+    """True when no JavaScript alert is open (an XSS payload that ran would have opened one)."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False

@@ -33,6 +33,11 @@ The defaults (`DEFAULT`, applied in this order; `--strict` applies none of them)
     or an offset optional) becomes ``<timestamp>``.
 ``iso_date``
     A remaining ISO date (``2024-05-01``) becomes ``<date>``.
+``shell_line``
+    The line number in bash's own error messages, ``/bin/bash: line 61: foo: command not found``,
+    becomes ``line <n>`` (also where output without a final newline runs into it). The persistent session counts every line it has read, the runner's own
+    commands and file writes included, and backends write files differently (bubblewrap writes from
+    the host, Docker through the session), so the figure says nothing about the repository.
 ``budget_tokens``
     The figure of the budget block's ``* Remaining tokens: 128856`` line becomes ``<n>``. It is
     the context size minus the recorded token counts (replayed unchanged) minus the size of this very
@@ -127,6 +132,12 @@ ISO_DATE = _make(
     "ISO 8601 dates",
 )
 
+SHELL_LINE = _make(
+    "shell_line",
+    r"((?:/usr)?(?:/bin/)?\bbash: line )\d+:",
+    r"\g<1><n>:",
+    "the session's cumulative line number in bash's error messages",
+)
 BUDGET_TOKENS = _make(
     "budget_tokens",
     r"^(\* Remaining tokens: )-?\d+$",
@@ -137,7 +148,7 @@ BUDGET_TOKENS = _make(
 
 DEFAULT: tuple[Normalizer, ...] = (
     PYTEST_DURATION, UNITTEST_DURATION, SHELL_TIME, PYTEST_TMP_PATH, TEMP_PATH, HEX_ADDRESS,
-    ISO_TIMESTAMP, ISO_DATE, BUDGET_TOKENS,
+    ISO_TIMESTAMP, ISO_DATE, SHELL_LINE, BUDGET_TOKENS,
 )
 STRICT: tuple[Normalizer, ...] = ()
 BY_NAME: dict[str, Normalizer] = {n.name: n for n in DEFAULT}

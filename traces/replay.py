@@ -60,7 +60,7 @@ from sandbox.base import Sandbox, SandboxConfig, SandboxError
 from sandbox.docker import DockerSandbox
 from traces.normalize import DEFAULT, Normalizer, normalize
 from traces.recorder import TrajectoryFormatError, read_trajectory
-from traces.schema import Ending, Step, Trajectory
+from traces.schema import Ending, Header, Step, Trajectory
 
 # Endings decided outside the replies (clock, signals, server errors): a replay cannot reproduce them.
 NOT_REPLAYED_ENDINGS = {
@@ -357,6 +357,14 @@ def _available_image(recorded: str) -> str:
         return recorded
 
 
+def _docker_image_of(header: Header) -> str:
+    """The Docker image to replay in: the recorded one, or for a bubblewrap recording the image its
+    root filesystem was exported from (the same files, so the same observations)."""
+    if header.sandbox_backend == "bwrap":
+        return header.image_source
+    return header.image
+
+
 def verify(
     trajectory_path: Path | str,
     *,
@@ -376,9 +384,9 @@ def verify(
     path = Path(trajectory_path)
     recorded = load(path)
     header = recorded.header
-    chosen_image = image or _available_image(header.image)
+    chosen_image = image or _available_image(_docker_image_of(header))
     if not chosen_image:
-        raise CannotReplay("the trajectory records no sandbox image; pass --image IMAGE")
+        raise CannotReplay("the trajectory records no Docker image it can be replayed in; pass --image IMAGE")
     source = resolve_repo(repo, Path.cwd()) if repo else resolve_repo(header.repo, path.resolve().parent)
     checkout = _is_repository_top(source)
     commit = (header.commit or None) if checkout else None

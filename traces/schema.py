@@ -46,6 +46,7 @@ class Header(BaseModel):
     commit: str = ""
     image: str = ""
     image_digest: str = ""
+    image_source: str = Field("", description="bwrap: the Docker image the root filesystem was exported from")
     sandbox_backend: str = "docker"
     workdir: str = "/testbed"
     model: ModelInfo
@@ -101,9 +102,34 @@ class Step(BaseModel):
 
 class Evaluation(BaseModel):
     resolved: bool
+    empty_patch: bool = False
+    patch_applied: bool | None = Field(None, description="None: not recorded (older trajectories)")
+    apply_method: str | None = Field(None, description="'git apply' or 'patch' (the fallback)")
+    error: str | None = Field(None, description="the harness failed (not the patch): why")
     fail_to_pass: dict[str, bool] = Field(default_factory=dict)
     pass_to_pass: dict[str, bool] = Field(default_factory=dict)
     log: str = ""
+
+
+class TracedTest(BaseModel):
+    """One repository test traced by `agent solve --trace-tests`, before or after the episode.
+
+    The trace itself lives in files next to the trajectory (`path`); the trajectory keeps only this
+    summary, so a reader that knows nothing of traces loses nothing but the reference. See
+    docs/trajectory-format.md ("test traces").
+    """
+
+    node_id: str = Field(description="pytest node id, relative to the repository")
+    phase: Literal["before", "after"] = Field(description="before the episode, or on the final working tree")
+    path: str | None = Field(None, description="directory of trace.jsonl and prompt.txt, relative to the "
+                                                "trajectory's directory; None when no trace was made")
+    outcome: Literal["passed", "failed", "error", "unknown"] = Field(
+        "unknown", description="the test's result from pytest's exit code; unknown when the tracer stopped it")
+    exit_code: int | None = Field(None, description="pytest's exit code")
+    status: str | None = Field(None, description="the trace's end status: returned, raised, max_frames, ...")
+    frames: int = 0
+    error: str | None = Field(None, description="why there is no (complete) trace")
+    wall_s: float = 0.0
 
 
 class Ending(BaseModel):
@@ -120,6 +146,7 @@ class Ending(BaseModel):
     total_prompt_tokens: int = 0
     total_completion_tokens: int = 0
     ended_at: datetime = Field(default_factory=utc_now)
+    test_traces: list[TracedTest] = Field(default_factory=list, description="`agent solve --trace-tests`")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -10,7 +10,9 @@ Security model: by default the server binds 127.0.0.1 and checks the Host header
 user's browser cannot reach it through DNS rebinding); bound to any other address it requires a token,
 given by the user or generated, sent as `?token=` once (then kept in an HttpOnly cookie) or as the
 `X-Viewer-Token` header. Every response carries a strict Content-Security-Policy; the pages render
-trajectory text with `textContent` only. Requested files must resolve inside PATH.
+trajectory text with `textContent` only. Requested files must resolve inside PATH; a test trace
+(`/api/trace`) is named by its position in the trajectory's `test_traces`, never by a path from the
+request, and the path the trajectory records must resolve inside PATH and the trajectory's folder.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from datetime import datetime
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from pydantic import ValidationError
 
-from traces.schema import RECORD_ADAPTER, Ending, Header, Step
+from agent.viewer.traces import TRACE_FILE, trace_document
+from traces.schema import RECORD_ADAPTER, Ending, Header, Step, TracedTest
 
 TRAJECTORY_SUFFIX = ".traj.jsonl"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -310,6 +313,19 @@ class LoadedTrajectory:
             raise LookupError("the file changed since it was read; reload the page") from None
         return step.model_dump_json(exclude_none=True).encode("utf-8")
 
+    def traced_test(self, position: int) -> tuple[TracedTest, str]:
+        """The `position`-th test trace record of the ending, and its recorded folder; LookupError if none."""
+        with self.lock:
+            self.refresh()
+            ending = self.ending
+        traced = ending.test_traces if ending is not None else []
+        if not 0 <= position < len(traced):
+            raise LookupError(f"no test trace at position {position}")
+        record = traced[position]
+        if record.path is None:
+            raise LookupError(f"{record.node_id} ({record.phase}) has no trace: {record.error or 'not recorded'}")
+        return record, record.path
+
 
 class Catalog:
     """The trajectory files PATH serves, resolved safely, with cached summaries and loaded files.
@@ -361,6 +377,25 @@ class Catalog:
             raise LookupError("not a trajectory under the served path")
         if not candidate.is_file():
             raise LookupError("no such trajectory")
+        return candidate
+
+    def trace_dir(self, trajectory: Path, relative: str) -> Path:
+        """The folder of a test trace a trajectory references, or LookupError if it leaves PATH.
+
+        The path comes from a trajectory file, which anyone could have written: it must be relative,
+        and resolve (symbolic links included) inside PATH and inside the trajectory's own folder, and
+        so must the trace file in it.
+        """
+        if not relative or "\x00" in relative or "\\" in relative or PurePosixPath(relative).is_absolute():
+            raise LookupError("not a trace under the served path")
+        folder = trajectory.parent.resolve()
+        candidate = (folder / relative).resolve()
+        frames = (candidate / TRACE_FILE).resolve()
+        for path in (candidate, frames):
+            if not (path.is_relative_to(self.base) and path.is_relative_to(folder)):
+                raise LookupError("not a trace under the served path")
+        if not frames.is_file():
+            raise LookupError("the trace file is missing")
         return candidate
 
     def rows(self) -> list[dict[str, Any]]:
@@ -599,6 +634,12 @@ class ViewerHandler(BaseHTTPRequestHandler):
         elif route == "/api/step":
             position = _non_negative(arg("index"), "index")
             self._json(HTTPStatus.OK, catalog.loaded(arg("file")).full_step(position), extra)
+        elif route == "/api/trace":
+            position = _non_negative(arg("index"), "index")
+            loaded = catalog.loaded(arg("file"))
+            record, relative = loaded.traced_test(position)
+            folder = catalog.trace_dir(loaded.path, relative)
+            self._json(HTTPStatus.OK, trace_document(folder, record), extra)
         else:
             raise LookupError("not found")
 

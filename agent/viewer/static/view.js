@@ -8,9 +8,11 @@ import {
   bashBlock, editBlock, createBlock, codeBlock, diffBlock, diffStatBlock, observationBlock, splitObservation,
 } from './highlight.js';
 import { createCharts } from './chart.js';
+import { createTracePanel } from './trace.js';
 
 const POLL_MS = 1000;
 const TOOLS = new Set(['bash', 'edit', 'create', 'submit']);
+const TABS = ['step', 'task', 'result', 'traces'];
 const $ = (id) => document.getElementById(id);
 const file = new URLSearchParams(location.search).get('file') || '';
 
@@ -19,6 +21,7 @@ const state = {
   reasoningOpen: false, live: false, torn: false, problems: [], ageS: 0, offline: false,
 };
 let charts;
+let traces;
 
 const api = (path, extra = '') => `/api/${path}?file=${encodeURIComponent(file)}${extra}`;
 
@@ -231,18 +234,41 @@ function writeHash() {
   const p = new URLSearchParams();
   if (state.cur >= 0) p.set('step', String(state.cur + 1));
   if (state.tab !== 'step') p.set('tab', state.tab);
+  if (state.tab === 'traces' && traces) for (const [key, value] of traces.hashParams()) p.set(key, value);
   history.replaceState(null, '', `${location.pathname}${location.search}#${p}`);
 }
 
-function showTab(name) {
+function showTab(name, { trace = null, frame = null } = {}) {
+  if (name === 'traces' && !traces.count) name = 'step';
   state.tab = name;
   for (const button of $('tabs').querySelectorAll('[role=tab]')) button.setAttribute('aria-selected', String(button.dataset.tab === name));
-  for (const panel of ['step', 'task', 'result']) $(`panel-${panel}`).hidden = panel !== name;
+  for (const panel of TABS) $(`panel-${panel}`).hidden = panel !== name;
+  $('stepper').hidden = name === 'traces';  // the Traces tab has its own frame stepper
+  if (name === 'traces') traces.open(trace, frame);
   writeHash();
+}
+
+/** The Traces tab exists once the ending lists test traces (`agent solve --trace-tests`). */
+function renderTracesTab() {
+  const records = state.ending?.test_traces || [];
+  traces.setRecords(records);
+  $('tab-traces').hidden = !records.length;
+  $('trace-keys').hidden = !records.length;
+}
+
+/** The tab, trace and frame a URL hash asks for. */
+function tabFromHash(wanted) {
+  const number = (key) => (wanted.get(key) ? Number(wanted.get(key)) : null);
+  const frame = number('frame');
+  return [TABS.includes(wanted.get('tab')) ? wanted.get('tab') : 'step', { trace: number('trace'), frame: frame ? frame - 1 : null }];
 }
 
 function onKey(event) {
   if (typingInto(event) || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (state.tab === 'traces' && traces.key(event)) {
+    event.preventDefault();
+    return;
+  }
   switch (event.key) {
     case 'j': case 'ArrowRight': go(state.cur + 1, { fromKey: true }); break;
     case 'k': case 'ArrowLeft': go(state.cur - 1, { fromKey: true }); break;
@@ -257,6 +283,7 @@ function onKey(event) {
     case '1': showTab('step'); break;
     case '2': showTab('task'); break;
     case '3': showTab('result'); break;
+    case '4': showTab('traces'); break;
     default: return;
   }
   event.preventDefault();
@@ -449,7 +476,8 @@ async function load() {
   if (state.steps.length) go(fromHash ? fromHash - 1 : (state.live ? state.steps.length - 1 : 0));
   else { renderStep(); renderPosition(); }
   renderBanner();
-  showTab(['task', 'result'].includes(wanted.get('tab')) ? wanted.get('tab') : 'step');
+  renderTracesTab();
+  showTab(...tabFromHash(wanted));
   whenIdle(() => { renderTask(); renderResult(); });
 }
 
@@ -471,6 +499,7 @@ async function poll() {
         if (doc.ending) {
           state.ending = doc.ending;
           state.live = false;
+          renderTracesTab();
           renderPosition();
           renderHeader();
           renderResult();
@@ -491,6 +520,10 @@ async function main() {
   setupTheme($('theme'));
   renderLegend();
   charts = createCharts($('charts'), (i) => go(i), hover);
+  traces = createTracePanel($('panel-traces'), {
+    traceUrl: (index) => api('trace', `&index=${index}`),
+    onChange: () => { if (state.tab === 'traces') writeHash(); },
+  });
   $('timeline').addEventListener('click', (event) => {
     const i = event.target.dataset?.i;
     if (i != null) go(Number(i));
@@ -508,8 +541,8 @@ async function main() {
   window.addEventListener('hashchange', () => {
     // Typing #step=N in the address bar (replaceState below never fires this).
     const wanted = new URLSearchParams(location.hash.slice(1));
-    if (wanted.get('step')) go(Number(wanted.get('step')) - 1);
-    if (['step', 'task', 'result'].includes(wanted.get('tab'))) showTab(wanted.get('tab'));
+    if (wanted.get('step')) go(Number(wanted.get('step')) - 1, { keepTab: wanted.get('tab') === 'traces' });
+    if (TABS.includes(wanted.get('tab'))) showTab(...tabFromHash(wanted));
   });
   try {
     await load();
