@@ -19,6 +19,7 @@ its `TracedTest` with the reason; it never ends the episode.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import shutil
@@ -39,6 +40,9 @@ TRACES_SUFFIX = ".traces"
 TRACE_FILE = "trace.jsonl"
 PROMPT_FILE = "prompt.txt"
 OUTPUT_FILE = "output.txt"  # the test's own output (pytest's report), first 64 KiB
+SOURCES_FILE = "sources.json"  # {file: text} of the traced files other than the test file, as they ran
+MAX_SOURCE_FILES = 32
+MAX_SOURCE_BYTES = 256 * 1024
 BOUNDS = {"max_frames", "max_seconds", "max_bytes"}
 Phase = Literal["before", "after"]
 Outcome = Literal["passed", "failed", "error", "unknown"]
@@ -210,7 +214,10 @@ def _trace_one(box: AsideSandbox, repo: str, node_id: str, phase: Phase, root: P
     try:
         before = tree_state(box, repo)
         result = trace_test(box, repo, node_id, limits=limits)
-        return _write(result, node_id, phase, root, base, time.monotonic() - started)
+        directory = root / phase / entry_dirname(node_id)
+        result.write(directory)
+        write_sources(box, repo, result.trace, directory)
+        return _record(result, node_id, phase, directory, base, time.monotonic() - started)
     except Exception as error:  # noqa: BLE001 - any failure is recorded; the episode goes on
         message = _without_sandbox_path(str(error)) if isinstance(error, TraceError) \
             else f"{error.__class__.__name__}: {error}"
@@ -229,9 +236,31 @@ def _without_sandbox_path(message: str) -> str:
     return re.sub(rf"^{re.escape(WORK_DIR)}/\S+: ", "", message)
 
 
-def _write(result: TraceResult, node_id: str, phase: Phase, root: Path, base: Path, wall_s: float) -> TracedTest:
-    directory = root / phase / entry_dirname(node_id)
-    result.write(directory)
+def write_sources(box: Sandbox, repo: str, trace: Trace, directory: Path) -> None:
+    """Keep the source of every traced file the frames visit, read from the sandbox right after the run.
+
+    Why: a trace carries the whole source of the test file only (the CWM prompt's context) and, for
+    other files, just the lines that ran; the viewer's stepper shows a function's lines that did
+    not run too, and the "after" trace must show the patched file, which only the sandbox has.
+    """
+    sources: dict[str, str] = {}
+    files = sorted({frame.file for frame in trace.frames} - {trace.header.file})
+    for name in files[:MAX_SOURCE_FILES]:
+        path = PurePosixPath(name)
+        if path.is_absolute() or ".." in path.parts:
+            continue
+        try:
+            data = box.read_file(f"{repo}/{name}")
+        except Exception as error:  # noqa: BLE001 - a file the test deleted: its frames' lines remain
+            log.info("trace_tests.source_unreadable", file=name, error=str(error))
+            continue
+        if len(data) <= MAX_SOURCE_BYTES:
+            sources[name] = data.decode("utf-8", errors="replace")
+    (directory / SOURCES_FILE).write_text(json.dumps(sources, ensure_ascii=False), encoding="utf-8")
+
+
+def _record(result: TraceResult, node_id: str, phase: Phase, directory: Path, base: Path,
+            wall_s: float) -> TracedTest:
     (directory / OUTPUT_FILE).write_text(result.stdout, encoding="utf-8")
     outcome, reason = outcome_of(result.trace)
     record = TracedTest(

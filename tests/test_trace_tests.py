@@ -7,6 +7,7 @@ model sees or submits (the same episode without tracing gives byte-identical dif
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.trace_tests import OUTPUT_FILE, PROMPT_FILE, TRACE_FILE, check_node_id, entry_dirname
+from agent.trace_tests import OUTPUT_FILE, PROMPT_FILE, SOURCES_FILE, TRACE_FILE, check_node_id, entry_dirname
 from agent.tracing.frames import END_OF_TEXT, read_trace
 from tests.helpers import bash, write_replies
 from traces.recorder import read_trajectory
@@ -68,7 +69,7 @@ def test_failing_test_is_traced_before_and_after_the_patch(tmp_path: Path, plain
     for record in (before, after):
         assert record.path == f"intervals.traces/{record.phase}/{entry_dirname(FAILING)}"
         folder = tmp_path / record.path
-        assert {p.name for p in folder.iterdir()} == {TRACE_FILE, PROMPT_FILE, OUTPUT_FILE}
+        assert {p.name for p in folder.iterdir()} == {TRACE_FILE, PROMPT_FILE, OUTPUT_FILE, SOURCES_FILE}
         trace = read_trace(folder / TRACE_FILE)
         assert record.frames == len(trace.frames) > 0
         assert trace.header.mode == "pytest" and trace.header.file == "tests/test_core.py"
@@ -89,6 +90,11 @@ def test_failing_test_is_traced_before_and_after_the_patch(tmp_path: Path, plain
     assert not any("start < merged[-1][1]" in f.source for f in after_trace.frames)
     assert any(f.event == "return" and f.function == "merge" and f.arg == "[(1, 5)]" for f in after_trace.frames)
     assert after_trace.frames[-1].event == "return" and not after_trace.frames[-1].unwinding
+    # The traced module as it ran: the original before the episode, the patched file after it.
+    sources = {r.phase: json.loads((tmp_path / r.path / SOURCES_FILE).read_text()) for r in (before, after)}  # type: ignore[operator]
+    assert set(sources["before"]) == set(sources["after"]) == {"intervals/core.py"}
+    assert sources["before"]["intervals/core.py"] == (EXAMPLE / "repo" / "intervals" / "core.py").read_text()
+    assert "start <= merged[-1][1]" in sources["after"]["intervals/core.py"]
     assert not any(f.event == "exception" for f in after_trace.frames)
 
     # Tracing is invisible: the same diff, patch and observations as the run without it.
@@ -125,7 +131,7 @@ def test_untraceable_tests_are_recorded_and_the_episode_completes(tmp_path: Path
         trace = read_trace(tmp_path / record.path / TRACE_FILE)  # type: ignore[operator]
         assert len(trace.frames) == 5 and not trace.finished
         assert not (tmp_path / record.path / PROMPT_FILE).read_text().endswith(END_OF_TEXT)  # type: ignore[operator]
-    assert f"no trace: the tracer could not run: no definition of 'test_that_does_not_exist'" in done.stdout
+    assert "no trace: the tracer could not run: no definition of 'test_that_does_not_exist'" in done.stdout
     for name in ("intervals.sandbox.diff", "intervals.patch"):
         assert (tmp_path / name).read_bytes() == (plain / name).read_bytes()
 

@@ -6,17 +6,19 @@ the previous frame of this scope") is resolved by the same code the debugger use
 Why a value table: resolving `..` repeats every unchanged value in every frame; values are sent
 once and frames refer to them by number, so the document stays about the size of the trace file.
 
-Source text comes only from the trace: the entry file's whole source (the header's `source`, the
-prompt's context) and, for every other file, the lines its frames carry. The host's checkout is
+Source text comes only from the trace's folder: the entry file's whole source (the header's
+`source`, the prompt's context), every other traced file as the sandbox held it when the test ran
+(`sources.json`), and, for a file missing there, the lines its frames carry. The host's checkout is
 never read: it may not exist where the viewer runs, and it is not what the sandbox ran.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from agent.trace_tests import OUTPUT_FILE, TRACE_FILE
+from agent.trace_tests import OUTPUT_FILE, SOURCES_FILE, TRACE_FILE
 from agent.tracing.frames import Trace, read_trace, resolved_locals
 from agent.tracing.tracer import UNCHANGED
 from traces.schema import TracedTest
@@ -24,16 +26,28 @@ from traces.schema import TracedTest
 OUTPUT_LIMIT = 64 * 1024
 
 
-def source_files(trace: Trace) -> dict[str, dict[str, Any]]:
+def source_files(trace: Trace, sources: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """file -> {"complete": whole file or only the lines seen, "lines": [[lineno, text], ...]}."""
-    files: dict[str, dict[int, str]] = {}
-    complete = {trace.header.file}
-    files[trace.header.file] = {n: text for n, text in enumerate(_lines(trace.header.source), start=1)}
+    whole = {**(sources or {}), trace.header.file: trace.header.source}
+    files = {name: {n: text for n, text in enumerate(_lines(source), start=1)} for name, source in whole.items()
+             if any(frame.file == name for frame in trace.frames) or name == trace.header.file}
+    complete = set(files)
     for frame in trace.frames:
         if frame.file not in complete:
             files.setdefault(frame.file, {})[frame.lineno] = frame.source.rstrip("\r\n")
     return {name: {"complete": name in complete, "lines": [[n, lines[n]] for n in sorted(lines)]}
             for name, lines in files.items()}
+
+
+def read_sources(directory: Path) -> dict[str, str]:
+    """The trace's `sources.json` ({} when absent or unreadable: traces made before it existed)."""
+    try:
+        loaded = json.loads((directory / SOURCES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(name): text for name, text in loaded.items() if isinstance(text, str)}
 
 
 def _lines(source: str) -> list[str]:
@@ -73,7 +87,7 @@ def trace_document(directory: Path, record: TracedTest) -> dict[str, Any]:
         "header": {"mode": header.mode, "file": header.file, "function": header.function,
                    "entry_line": header.entry_line, "python": header.python, "limits": header.limits},
         "end": trace.end.model_dump(mode="json"),
-        "files": source_files(trace),
+        "files": source_files(trace, read_sources(directory)),
         "values": values,
         "frames": frames,
         "output": output,

@@ -13,6 +13,7 @@ import pytest
 from agent.tracing.frames import read_trace, resolved_locals
 from agent.tracing.tracer import UNCHANGED
 from agent.viewer.server import ViewerServer, serve
+from agent.viewer.traces import source_files
 from tests.viewer.conftest import EXAMPLE, FAILING, MARKUP, MISSING, SCRIPT_TAG, TracedRun
 from tests.viewer_fixtures import make_header
 from traces.recorder import Recorder
@@ -55,15 +56,18 @@ def test_trace_document(server: ViewerServer, traced_run: TracedRun) -> None:
     assert doc["end"]["status"] == "raised" and doc["end"]["exit_code"] == 1
     assert "1 failed" in doc["output"]
 
-    # Sources: the test file whole (from the trace's header), the module only where frames ran.
+    # Sources: the test file whole (from the trace's header), the module whole as the sandbox held it.
     test_file = doc["files"]["tests/test_core.py"]
     expected = (EXAMPLE / "repo" / "tests" / "test_core.py").read_text().splitlines()
     assert test_file["complete"] and test_file["lines"] == [[n, line] for n, line in enumerate(expected, start=1)]
     core = doc["files"]["intervals/core.py"]
-    assert not core["complete"]
     core_lines = (EXAMPLE / "repo" / "intervals" / "core.py").read_text().splitlines()
-    assert core["lines"] and all(core_lines[n - 1] == text for n, text in core["lines"])
-    assert [8, "def merge(intervals: list[Interval]) -> list[Interval]:"] in core["lines"]
+    assert core["complete"] and core["lines"] == [[n, line] for n, line in enumerate(core_lines, start=1)]
+    # A trace without sources.json (made before it existed) falls back to the lines its frames ran.
+    folder = traced_run.output / record.path  # type: ignore[operator]
+    partial = source_files(read_trace(folder / "trace.jsonl"))["intervals/core.py"]
+    assert not partial["complete"] and all(core_lines[n - 1] == text for n, text in partial["lines"])
+    assert [8, "def merge(intervals: list[Interval]) -> list[Interval]:"] in partial["lines"]
 
     # Frames: `..` resolved by the tracing package's own helper, each value sent once.
     trace = read_trace(traced_run.output / record.path / "trace.jsonl")  # type: ignore[operator]

@@ -217,7 +217,7 @@ export function createTracePanel(panel, { traceUrl, onChange }) {
     }
     fill(el.code, rows);
     el.fileName.textContent = file;
-    el.fileNote.textContent = info.complete ? '' : 'only the lines this trace ran (a trace holds the whole source of the test file only)';
+    el.fileNote.textContent = info.complete ? '' : 'only the lines this trace ran (the file could not be read from the sandbox)';
   }
 
   function highlight(frame) {
