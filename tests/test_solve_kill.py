@@ -82,4 +82,4 @@ def test_sigkill_mid_episode_keeps_every_finished_step(tmp_path: Path, base_imag
                             capture_output=True, text=True, timeout=120)
     assert pruned.returncode == 0, pruned.stderr
     assert our_containers(run_id) == [] and workspaces_of(runner.pid) == []
-    assert "1 orphaned checkout(s)" in pruned.stdout or "orphaned checkout(s)" in pruned.stdout
+    assert "orphaned checkout(s)" in pruned.stdout  # others of earlier killed runs may be counted too
