@@ -254,15 +254,19 @@ def serve(
     gpu_memory_utilization: float = typer.Option(0.9, help="share of each GPU's memory vLLM may take"),
     served_model_name: str = typer.Option("cwm", help="model name clients ask for"),
     load_format: str = typer.Option("auto", help="'dummy' serves random weights (speed tests)"),
+    quantization: Optional[str] = typer.Option(None, help="fp8: FP8 linear layers, quantized while loading "
+                                                          "(half the bytes per token; Hopper GPUs)"),
 ) -> None:
     """Serve CWM with vLLM (prefix caching, CWM's stop tokens) until Ctrl-C; extra args go to vLLM."""
     from agent.serve import ServeError, ServeOptions, run_server
 
+    if quantization not in (None, "fp8"):
+        fail(f"unknown --quantization {quantization!r}; choose fp8 (or leave it out for bf16)")
     try:
         options = ServeOptions(
             model=model, tp=tp, port=port, host=host, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, served_model_name=served_model_name,
-            load_format=load_format, extra_args=list(ctx.args),
+            load_format=load_format, quantization=quantization, extra_args=list(ctx.args),
         )
         code = run_server(options)
     except ServeError as error:

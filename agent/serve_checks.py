@@ -168,6 +168,29 @@ def weight_bytes(model_dir: Path, config: Mapping[str, Any] | None) -> tuple[int
     """Bytes of bf16 weights and how they were found: config first (right for dummy weights too)."""
     if config is not None and (params := parameter_count(config)) is not None:
         return params * BF16_BYTES, f"{params / 1e9:.1f}B parameters from config.json"
+    return _checkpoint_bytes(model_dir)
+
+
+def served_weight_bytes(model_dir: Path, config: Mapping[str, Any] | None, quantization: str | None
+                        ) -> tuple[int, str] | None:
+    """Bytes the GPUs hold for the weights as served: bf16, or with `fp8` the linear layers at one byte
+    per parameter (vLLM quantizes them while loading; embeddings and the output head stay bf16)."""
+    found = weight_bytes(model_dir, config)
+    if found is None or quantization != "fp8":
+        return found
+    total, how = found
+    embeddings = _embedding_parameters(config) * BF16_BYTES if config is not None else 0
+    return embeddings + (total - embeddings) // BF16_BYTES, f"{how}, linear layers in fp8"
+
+
+def _embedding_parameters(config: Mapping[str, Any]) -> int:
+    dims = _ints(config, "vocab_size", "hidden_size")
+    if dims is None:
+        return 0
+    return dims[0] * dims[1] * (1 if config.get("tie_word_embeddings") else 2)
+
+
+def _checkpoint_bytes(model_dir: Path) -> tuple[int, str] | None:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
         total = json.loads(index.read_text()).get("metadata", {}).get("total_size")
@@ -211,10 +234,11 @@ def _largest_fitting_len(weights: int, config: Mapping[str, Any], tp: int, usabl
     return low * 1024 if low > 0 and _need_per_gpu(weights, config, low * 1024, tp) <= usable else None
 
 
-def check_fit(model_dir: Path, tp: int, max_model_len: int, utilization: float, gpus: GpuInventory) -> str:
+def check_fit(model_dir: Path, tp: int, max_model_len: int, utilization: float, gpus: GpuInventory,
+              quantization: str | None = None) -> str:
     """Raise if the model clearly cannot fit; otherwise say what was estimated (or why not)."""
     config = read_config(model_dir)
-    found = weight_bytes(model_dir, config)
+    found = served_weight_bytes(model_dir, config, quantization)
     if found is None or config is None or not gpus.memory_bytes[:tp]:
         return "fit not checked (no config.json / weights size or GPU memory unknown)"
     weights, how = found
@@ -232,6 +256,10 @@ def check_fit(model_dir: Path, tp: int, max_model_len: int, utilization: float, 
               and _need_per_gpu(weights, config, max_model_len, t) <= usable]
     shorter = _largest_fitting_len(weights, config, tp, usable, max_model_len)
     options = ([f"--tp {bigger[0]}"] if bigger else []) + ([f"--max-model-len {shorter}"] if shorter else [])
+    if quantization != "fp8":
+        halved = served_weight_bytes(model_dir, config, "fp8")
+        if halved is not None and _need_per_gpu(halved[0], config, max_model_len, tp) <= usable:
+            options.append("--quantization fp8")
     advice = " or ".join(options) if options else "bigger or more GPUs"
     raise ServeError(f"the model does not fit: it needs {summary} but {usable / GIB:.1f} GiB is usable "
                      f"({memory / GIB:.1f} GiB x {utilization:.2f}); use {advice} "

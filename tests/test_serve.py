@@ -26,7 +26,7 @@ from agent.serve import (
     run_server,
     write_generation_config,
 )
-from agent.serve_checks import ServeError, visible_gpus
+from agent.serve_checks import ServeError, check_fit, visible_gpus
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,14 @@ def test_command_line_is_exact(tmp_path: Path) -> None:
         "--generation-config", f"{tmp_path}/generation-config-8000",
         "--disable-uvicorn-access-log",
     ]
+
+
+def test_fp8_quantization_is_one_flag_after_the_load_format(tmp_path: Path) -> None:
+    options = ServeOptions(model="/tmp/cwm", quantization="fp8", state_dir=tmp_path)
+    command = build_command(options)
+    at = command.index("--load-format")
+    assert command[at + 2:at + 4] == ["--quantization", "fp8"]
+    assert "--quantization" not in build_command(ServeOptions(model="/tmp/cwm", state_dir=tmp_path))
 
 
 def test_command_line_passes_extra_args_last_and_honours_the_override(tmp_path: Path) -> None:
@@ -243,6 +251,12 @@ def test_model_that_does_not_fit_names_the_numbers_and_the_fixes(tmp_path: Path)
     assert 16640 < shorter < 131072 and shorter % 1024 == 0
     # and that suggestion passes the same check
     preflight(fake_options(tmp_path, skip_preflight=False, max_model_len=shorter), gpu_env(tmp_path, [H100_MIB]))
+    # FP8 linear layers halve the weights: the whole context fits one H100, and the advice says so.
+    assert message.endswith(" or --quantization fp8 (or --skip-preflight to try anyway)")
+    estimate = check_fit(tmp_path / "cwm", 1, 131072, 0.9, visible_gpus(gpu_env(tmp_path, [H100_MIB])), "fp8")
+    assert estimate.startswith("fits: about 43.3 GiB per GPU (31.8 GiB weights + 9.5 GiB KV cache")
+    assert "linear layers in fp8" in estimate
+    preflight(fake_options(tmp_path, skip_preflight=False, quantization="fp8"), gpu_env(tmp_path, [H100_MIB]))
 
 
 @pytest.mark.parametrize(("gpus", "tp", "max_len", "utilization"), [
