@@ -39,3 +39,11 @@ def safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     except tarfile.FilterError as exc:
         log.warning("sandbox.copy_out_skipped", member=member.name, reason=str(exc))
         return None
+
+
+def extract_untrusted(tar: tarfile.TarFile, host_dir: str) -> None:
+    """Extract a stream of members from a sandbox into `host_dir`, skipping any that would escape it."""
+    for member in tar:
+        safe = safe_member(member, host_dir)
+        if safe is not None:
+            tar.extract(safe, host_dir, **NO_FURTHER_FILTER)

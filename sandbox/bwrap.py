@@ -81,12 +81,12 @@ from typing import Any
 import structlog
 
 from sandbox import lifecycle
-from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
+from sandbox.archive import extract_untrusted, root_owned
 from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError, write_error
 from sandbox.reaper import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, OwnerState, current_owner
 from sandbox.reaper import owner_state
 from sandbox.rootfs import DEFAULT_PATH, ImageMeta, Layout, Mount, Resolver, Target, read_meta, validate_rootfs
-from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel
+from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel, overwrite_script, overwrite_succeeded
 
 log = structlog.get_logger()
 
@@ -746,21 +746,11 @@ class BwrapSandbox(Sandbox):
         return True
 
     def _write_via_session(self, target: str, data: bytes, mode: int) -> None:
-        q, parent = shlex.quote(target), shlex.quote(posixpath.dirname(target) or "/")
         with self._spool() as (name, dir_fd):
             with self._create_spool(name, dir_fd) as handle:
                 handle.write(data)
-            script = (
-                f"if [ ! -d {parent} ]; then builtin printf N; elif [ -d {q} ]; then builtin printf D; "
-                f"else {{ [ -e {q} ] || {{ : > {q} && command -p chmod {mode:o} -- {q}; }}; }} && "
-                f"command -p cat -- /tmp/{name} > {q} && builtin printf O; fi"
-            )
-            out = self._internal(script)
-        if out == b"N":
-            raise FileNotFoundError(errno.ENOENT, "parent directory does not exist", target)
-        if out == b"D":
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", target)
-        if out is None or not out.endswith(b"O"):
+            out = self._internal(overwrite_script(target, mode, f"command -p cat -- /tmp/{name}"))
+        if not overwrite_succeeded(target, out):
             log.info("sandbox.write_failed", path=target, output=(out or b"")[:200])
             raise write_error(target, out) or OSError(errno.EIO, os.strerror(errno.EIO), target)
 
@@ -801,10 +791,7 @@ class BwrapSandbox(Sandbox):
                 if out is None or not out.endswith(b"O"):
                     raise SandboxError(f"copy out of the sandbox failed: {(out or b'').decode(errors='replace')[:300]}")
                 with self._open_spool(name, dir_fd) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-                    for member in tar:
-                        safe = safe_member(member, str(host_dir))
-                        if safe is not None:
-                            tar.extract(safe, str(host_dir), **NO_FURTHER_FILTER)
+                    extract_untrusted(tar, str(host_dir))
 
     # -- teardown -----------------------------------------------------------------------------------
 

@@ -45,10 +45,10 @@ from docker.utils import kwargs_from_env
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from sandbox import lifecycle
-from sandbox.archive import NO_FURTHER_FILTER, root_owned, safe_member
+from sandbox.archive import extract_untrusted, root_owned
 from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError, write_error
 from sandbox.reaper import owner_labels, reap_orphans
-from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel
+from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel, overwrite_script, overwrite_succeeded
 
 log = structlog.get_logger()
 
@@ -454,22 +454,11 @@ class DockerSandbox(Sandbox):
                 self._write_archive(target, data, mode)
 
     def _write_via_session(self, target: str, mode: int, source: str, cleanup: str | None = None) -> bool:
-        """Run `source > target` in the session; False on anything unexpected (caller falls back)."""
-        q, parent = shlex.quote(target), shlex.quote(posixpath.dirname(target) or "/")
-        first_line, _, rest = source.partition("\n")
-        script = (
-            f"if [ ! -d {parent} ]; then builtin printf N; elif [ -d {q} ]; then builtin printf D; "
-            f"else {{ [ -e {q} ] || {{ : > {q} && command -p chmod {mode:o} -- {q}; }}; }} && "
-            f"{first_line} > {q} && builtin printf O; fi"
-            + (f"; command -p rm -f -- {cleanup}" if cleanup else "")
-            + ("\n" + rest if rest else "")
-        )
+        """Run `source > target` in the session (`source` is one line); False on anything unexpected
+        (the caller falls back to the archive API)."""
+        script = overwrite_script(target, mode, source) + (f"; command -p rm -f -- {cleanup}" if cleanup else "")
         out = self._internal(script, output_limit=4096)
-        if out == b"N":
-            raise FileNotFoundError(f"parent directory of {target} does not exist")
-        if out == b"D":
-            raise IsADirectoryError(target)
-        if out != b"O":
+        if not overwrite_succeeded(target, out):
             error = write_error(target, out)
             if error is not None:
                 raise error  # the filesystem refused it: the archive API would only say so less clearly
@@ -487,7 +476,7 @@ class DockerSandbox(Sandbox):
         try:
             self._api.put_archive(self.container_id, posixpath.dirname(target) or "/", buf.getvalue())
         except NotFound as exc:
-            raise FileNotFoundError(f"parent directory of {target} does not exist") from exc
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", posixpath.dirname(target) or "/") from exc
         except APIError as exc:
             raise write_error(target, str(exc)) or OSError(errno.EIO, os.strerror(errno.EIO), target) from exc
 
@@ -521,10 +510,7 @@ class DockerSandbox(Sandbox):
             except NotFound as exc:
                 raise FileNotFoundError(source) from exc
             with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(iter(chunks))), mode="r|") as tar:
-                for member in tar:
-                    safe = safe_member(member, str(host_dir))
-                    if safe is not None:
-                        tar.extract(safe, str(host_dir), **NO_FURTHER_FILTER)
+                extract_untrusted(tar, str(host_dir))
 
     # -- teardown -------------------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ start-up script again; the same happens when the shell exits by itself.
 
 from __future__ import annotations
 
+import errno
+import posixpath
 import re
 import secrets
 import select
@@ -355,6 +357,29 @@ class BashSession:
             if not chunk:
                 return RawOutcome(bytes(buf[:limit]), None, None, time.monotonic() - started, session_died=True)
             buf += chunk
+
+
+def overwrite_script(target: str, mode: int, source: str) -> str:
+    """One line of bash that writes the output of the command `source` over `target`, as
+    `open(path, "wb")` would: following symlinks, keeping an existing file's inode and mode, creating
+    a new file with `mode`. It prints N (no parent directory), D (a directory is there) or O (written);
+    anything else is the shell's error message (see `overwrite_succeeded`)."""
+    q, parent = shlex.quote(target), shlex.quote(posixpath.dirname(target) or "/")
+    return (
+        f"if [ ! -d {parent} ]; then builtin printf N; elif [ -d {q} ]; then builtin printf D; "
+        f"else {{ [ -e {q} ] || {{ : > {q} && command -p chmod {mode:o} -- {q}; }}; }} && "
+        f"{source} > {q} && builtin printf O; fi"
+    )
+
+
+def overwrite_succeeded(target: str, out: bytes | None) -> bool:
+    """What `overwrite_script` printed: True when written; raises for a missing parent directory or a
+    directory in the way (the errors `open` would raise); False otherwise (the caller decides)."""
+    if out == b"N":
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", posixpath.dirname(target) or "/")
+    if out == b"D":
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", target)
+    return out is not None and out.endswith(b"O")
 
 
 def prune_git_history_script(repo: str) -> str:
