@@ -39,10 +39,21 @@ def source_files(trace: Trace, sources: dict[str, str] | None = None) -> dict[st
             for name, lines in files.items()}
 
 
+def contained_file(directory: Path, name: str) -> Path | None:
+    """`directory/name` if it is a regular file that resolves (links followed) inside `directory`.
+
+    Why: a trace folder comes from a run directory anyone could have written; a link named
+    `output.txt` must not make the viewer send a file from elsewhere on the host.
+    """
+    path = (directory / name).resolve()
+    return path if path.is_relative_to(directory.resolve()) and path.is_file() else None
+
+
 def read_sources(directory: Path) -> dict[str, str]:
     """The trace's `sources.json` ({} when absent or unreadable: traces made before it existed)."""
+    path = contained_file(directory, SOURCES_FILE)
     try:
-        loaded = json.loads((directory / SOURCES_FILE).read_text(encoding="utf-8"))
+        loaded = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
     except (OSError, ValueError):
         return {}
     if not isinstance(loaded, dict):
@@ -77,9 +88,9 @@ def trace_document(directory: Path, record: TracedTest) -> dict[str, Any]:
             "arg": frame.arg, "unwinding": frame.unwinding,
         })
     header = trace.header
-    output_path = directory / OUTPUT_FILE
+    output_path = contained_file(directory, OUTPUT_FILE)
     output = ""
-    if output_path.is_file():
+    if output_path is not None:
         with output_path.open("rb") as handle:
             output = handle.read(OUTPUT_LIMIT).decode("utf-8", errors="replace")
     return {

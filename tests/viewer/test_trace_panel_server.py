@@ -129,10 +129,17 @@ def crafted(tmp_path: Path, traced_run: TracedRun) -> Iterator[tuple[ViewerServe
     served, secret = tmp_path / "served", tmp_path / "secret"
     shutil.copytree(real, served / "good.traces" / "t")
     shutil.copytree(real, secret / "t")
+    # A trace folder inside PATH whose side files are links to files outside it.
+    shutil.copytree(real, served / "leaky.traces" / "t")
+    for name in ("output.txt", "sources.json"):
+        (served / "leaky.traces" / "t" / name).unlink()
+        (served / "leaky.traces" / "t" / name).symlink_to(secret / "t" / name)
+    (secret / "t" / "output.txt").write_text("secret output")
+    (secret / "t" / "sources.json").write_text(json.dumps({"intervals/core.py": "secret source"}))
     (served / "sub").mkdir()
     shutil.copytree(real, served / "sub" / "own.traces" / "t")
     (served / "link.traces").symlink_to(secret, target_is_directory=True)
-    for name, relative in (("good", "good.traces/t"), ("up", "../secret/t"), ("absolute", str(secret / "t")),
+    for name, relative in (("good", "good.traces/t"), ("leaky", "leaky.traces/t"), ("up", "../secret/t"), ("absolute", str(secret / "t")),
                            ("link", "link.traces/t"), ("nul", "good.traces/t\x00"), ("backslash", "good.traces\\t")):
         write_referencing(served / f"{name}.traj.jsonl", relative)
     write_referencing(served / "sub" / "sibling.traj.jsonl", "../good.traces/t")  # inside PATH, not its folder
@@ -152,6 +159,10 @@ def test_trace_paths_must_stay_inside_the_served_folder(crafted: tuple[ViewerSer
         assert response.json()["error"] == "not a trace under the served path", name
     assert "secret" not in json.dumps([get(server, trace_url(f"{n}.traj.jsonl", 0)).json()
                                        for n in ("up", "absolute", "link")])
+    # Linked side files are not followed out of the trace's folder: no output, the frames' lines only.
+    leaky = get(server, trace_url("leaky.traj.jsonl", 0))
+    assert leaky.status_code == 200 and "secret" not in leaky.text
+    assert leaky.json()["output"] == "" and not leaky.json()["files"]["intervals/core.py"]["complete"]
 
 
 def test_single_trajectory_serves_its_own_traces_only(crafted: tuple[ViewerServer, Path]) -> None:
