@@ -67,18 +67,20 @@ def default_instance_id(repo: str, issue: str) -> str:
     return f"{name}-{hashlib.sha256(issue.encode()).hexdigest()[:8]}"
 
 
-def image_digest(image: str) -> str:
-    """The image's content id, so a trajectory names exactly what its sandbox ran (empty if unknown).
+def image_identity(image: str) -> tuple[str, str]:
+    """(content id, source image) so a trajectory names exactly what its sandbox ran (empty if unknown).
 
-    A root filesystem tree (bwrap) has the id of the Docker image it was exported from."""
+    A Docker image is its own source. A root filesystem tree (bwrap) has the id and tag of the Docker
+    image it was exported from, which is what a replay in Docker needs."""
     if Path(image).is_dir():
-        return read_meta(Path(image)).image_id
+        meta = read_meta(Path(image))
+        return meta.image_id, meta.image
     try:
         from images.build import docker_client
 
-        return docker_client().images.get(image).id
+        return docker_client().images.get(image).id, ""
     except Exception:  # no daemon or no such image: the tag alone is recorded
-        return ""
+        return "", ""
 
 
 def sandbox_git_diff(sandbox: Sandbox) -> str:
@@ -124,11 +126,11 @@ def solve(
     user = prompts.truncate_left(
         prompts.issue_prompt(request.issue, repo_root=config.workdir), prompts.MAX_USER_TOKENS, model.count_tokens
     )
+    digest, source = image_identity(request.image)
     header = Header(
         run_id=run_id,
         instance_id=instance_id, repo=request.repo, commit=prepared.commit, image=request.image,
-        image_digest=image_digest(request.image),
-        image_source=read_meta(Path(request.image)).image if Path(request.image).is_dir() else "",
+        image_digest=digest, image_source=source,
         sandbox_backend=getattr(open_sandbox, "backend", "docker"),
         workdir=config.workdir, model=model_info, runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(
