@@ -410,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = ServeOptions(
         model=known.model, tp=known.tp, port=known.port, host=known.host, max_model_len=known.max_model_len,
         gpu_memory_utilization=known.gpu_memory_utilization, served_model_name=known.served_model_name,
-        load_format=known.load_format, quantization=known.quantization, extra_args=extra, startup_timeout_s=known.startup_timeout,
+        load_format=known.load_format, quantization=known.quantization, extra_args=extra,
+        startup_timeout_s=known.startup_timeout,
         skip_preflight=known.skip_preflight, log_file=known.log_file, state_dir=known.state_dir,
     )
     try:

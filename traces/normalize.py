@@ -35,9 +35,10 @@ The defaults (`DEFAULT`, applied in this order; `--strict` applies none of them)
     A remaining ISO date (``2024-05-01``) becomes ``<date>``.
 ``shell_line``
     The line number in bash's own error messages, ``/bin/bash: line 61: foo: command not found``,
-    becomes ``line <n>`` (also where output without a final newline runs into it). The persistent session counts every line it has read, the runner's own
-    commands and file writes included, and backends write files differently (bubblewrap writes from
-    the host, Docker through the session), so the figure says nothing about the repository.
+    becomes ``line <n>`` (also where output without a final newline runs into it). The persistent
+    session counts every line it has read, the runner's own commands and file writes included, and
+    backends write files differently (bubblewrap writes from the host, Docker through the session),
+    so the figure says nothing about the repository.
 ``budget_tokens``
     The figure of the budget block's ``* Remaining tokens: 128856`` line becomes ``<n>``. It is
     the context size minus the recorded token counts (replayed unchanged) minus the size of this very
