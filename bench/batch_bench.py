@@ -31,10 +31,10 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from agent.batch import run_batch  # noqa: E402
-from agent.batch_state import Manifest  # noqa: E402
-from agent.instances import Instance  # noqa: E402
-from agent.progress import LogProgress  # noqa: E402
+from agent.batch.progress import LogProgress  # noqa: E402
+from agent.batch.run import BatchRequest, run_batch  # noqa: E402
+from agent.batch.state import Manifest  # noqa: E402
+from agent.instances.records import Instance  # noqa: E402
 from images.build import ensure_base_image  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "traces" / "examples" / "intervals"
@@ -50,8 +50,8 @@ def one_batch(workers: int, episodes: int, image: str, tmp: Path, warm: int = 0)
     batch = instances(episodes, f"w{workers}")
     out = tmp / f"run-w{workers}-warm{warm}"
     started = time.perf_counter()
-    result = run_batch(batch, out, model_spec=f"replay:{EXAMPLE / 'trajectory.jsonl'}", workers=workers,
-                       image=image, progress=LogProgress(Console(file=io.StringIO())), warm=warm)
+    result = run_batch(BatchRequest(instances=batch, output=out, model=f"replay:{EXAMPLE / 'trajectory.jsonl'}", workers=workers,
+                       image=image, warm=warm), progress=LogProgress(Console(file=io.StringIO())))
     wall = time.perf_counter() - started
     assert result.done == episodes, f"{result.errored} episodes errored: see {out}/manifest.json"
     manifest = Manifest.model_validate_json((out / "manifest.json").read_text())
@@ -66,9 +66,9 @@ def one_batch(workers: int, episodes: int, image: str, tmp: Path, warm: int = 0)
 
 
 def breakdown(image: str, repeats: int) -> dict[str, float]:
-    """Fixed costs of one episode, timed one by one with the same primitives agent.solve uses."""
-    from agent.repo import place_in_sandbox, prepare_repo
-    from agent.solve import sandbox_git_diff
+    """Fixed costs of one episode, timed one by one with the same primitives agent.episode.solve uses."""
+    from agent.episode.repo import place_in_sandbox, prepare_repo
+    from agent.episode.solve import sandbox_git_diff
     from sandbox.base import SandboxConfig
     from sandbox.docker import DockerSandbox
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.loop import LoopConfig, initial_messages, run_episode  # noqa: E402
+from agent.episode.loop import LoopConfig, initial_messages, run_episode  # noqa: E402
 from agent.models.replay import ReplayModel  # noqa: E402
 from images.build import ensure_base_image  # noqa: E402
 from sandbox.base import SandboxConfig  # noqa: E402

@@ -2,7 +2,7 @@
 
 Run: python3 bench/trace_bench.py [--image IMAGE] [--repeat 3]
 
-Cases: a loop-heavy function (tests/tracing_programs/loops.py:busy), a call-heavy one (recursion.py:
+Cases: a loop-heavy function (tests/agent/worldmodel/programs/loops.py:busy), a call-heavy one (recursion.py:
 fib), and one pytest test run in-process (mini_suite.py::test_add). The tracer itself runs each case
 both ways (`"trace": false` is the same code path without `sys.settrace`), so the numbers compare
 like with like: `run` is the wall time of the traced call inside the sandbox (for pytest: the whole
@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.tracing.run import TraceLimits, TraceResult, open_sandbox, stage, trace_function, trace_test  # noqa: E402
+from agent.worldmodel.run import TraceLimits, TraceResult, open_sandbox, stage, trace_function, trace_test  # noqa: E402
 
-PROGRAMS = Path(__file__).resolve().parents[1] / "tests" / "tracing_programs"
+PROGRAMS = Path(__file__).resolve().parents[1] / "tests" / "agent" / "worldmodel" / "programs"
 LIMITS = TraceLimits(max_frames=5_000_000, max_seconds=300, max_bytes=2_000_000_000)
 
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.viewer.server import serve  # noqa: E402
+from tests.agent.viewer.fixtures import chromium_missing, make_driver, make_header, steps, write_trajectory  # noqa: E402
 from traces.recorder import Recorder  # noqa: E402
-from tests.viewer_fixtures import chromium_missing, make_driver, make_header, steps, write_trajectory  # noqa: E402
 
 STEPS = 1000
 # Real replies carry paragraphs of reasoning; pad the scripted ones to about 1.5 kB.

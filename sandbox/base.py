@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-# Defaults from ../shared/docs/cwm-protocol.md, section 5.
+# Defaults from docs/cwm-protocol.md, section 5.
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_OUTPUT_LIMIT_BYTES = 480_000
 DEFAULT_WORKDIR = "/testbed"

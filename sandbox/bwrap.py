@@ -83,8 +83,7 @@ import structlog
 from sandbox import lifecycle
 from sandbox.archive import extract_untrusted, root_owned
 from sandbox.base import CommandResult, Sandbox, SandboxConfig, SandboxError, write_error
-from sandbox.reaper import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, OwnerState, current_owner
-from sandbox.reaper import owner_state
+from sandbox.reaper import LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, OwnerState, current_owner, owner_state
 from sandbox.rootfs import DEFAULT_PATH, ImageMeta, Layout, Mount, Resolver, Target, read_meta, validate_rootfs
 from sandbox.session import RECV_BYTES, BashSession, DeadlineChannel, overwrite_script, overwrite_succeeded
 

@@ -27,9 +27,9 @@ that user and shows as root-owned inside. Either works: the tree is mounted read
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import hashlib
-import errno
 import os
 import posixpath
 import shutil

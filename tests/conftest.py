@@ -29,7 +29,7 @@ def have_bwrap() -> bool:
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
     """Headless Chromium for the browser tests (one per module; they skip where it is missing)."""
-    from tests.viewer_fixtures import make_driver
+    from tests.agent.viewer.fixtures import make_driver
 
     browser = make_driver()
     yield browser

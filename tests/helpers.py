@@ -7,6 +7,9 @@ from pathlib import Path
 from traces.recorder import Recorder
 from traces.schema import Header, ModelInfo, Step
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO_ROOT / "traces" / "examples"
+
 
 def write_replies(path: Path, replies: list[str], **step_fields: object) -> Path:
     """A minimal trajectory whose steps carry `replies`: the input of the replay model."""

@@ -2,7 +2,7 @@
 
 A tool is a plain function of (sandbox, body) -> ToolResult: the body is the text between
 `<tool: name>\\n` and `\\n</tool>`, and the result carries both what the model will see (`feedback`,
-to be wrapped by `agent.prompts.tool_observation`) and what the trajectory records.
+to be wrapped by `agent.protocol.prompts.tool_observation`) and what the trajectory records.
 """
 
 from __future__ import annotations

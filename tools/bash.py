@@ -1,15 +1,15 @@
 """The bash tool: run the body in the episode's persistent session and report its output verbatim.
 
 The sandbox owns the session (sentinel, timeout, output limit, restart); this module only maps a
-failed session to the protocol's message (../shared/docs/cwm-protocol.md, section 5). On a failed
+failed session to the protocol's message (docs/cwm-protocol.md, section 5). On a failed
 session the partial output is dropped from the feedback, as the trained harness did, but kept in
 `ToolResult.output` for the trajectory.
 """
 
 from __future__ import annotations
 
-from agent import prompts
 from sandbox.base import CommandResult, Sandbox
+from tools import messages
 from tools.base import ToolResult
 
 
@@ -19,11 +19,11 @@ def session_failure_message(result: CommandResult) -> str | None:
     A timeout wins over an overflow, which wins over a death, should a backend set several.
     """
     if result.timed_out:
-        return prompts.SESSION_TIMEOUT_MESSAGE
+        return messages.SESSION_TIMEOUT_MESSAGE
     if result.overflowed:
-        return prompts.SESSION_OVERFLOW_MESSAGE
+        return messages.SESSION_OVERFLOW_MESSAGE
     if result.session_died:
-        return prompts.SESSION_DIED_MESSAGE
+        return messages.SESSION_DIED_MESSAGE
     return None
 
 

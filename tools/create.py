@@ -2,7 +2,7 @@
 
 Body: the path on the first line, the content after it, written exactly as given (no newline is
 added; a body of one line creates an empty file). Messages are those of
-../shared/docs/cwm-protocol.md, section 5, printed as lines (ending with a newline).
+docs/cwm-protocol.md, section 5, printed as lines (ending with a newline).
 
 Choices where the protocol is silent:
 * `{n}` counts lines like the edit tool: newline characters in the content plus one (so an empty
@@ -18,8 +18,8 @@ from __future__ import annotations
 import posixpath
 import time
 
-from agent import prompts
 from sandbox.base import Sandbox
+from tools import messages
 from tools.base import ToolResult, encode_text, file_result, printed
 
 NEW_FILE_MODE = 0o644
@@ -38,7 +38,7 @@ def count_lines(content: str) -> int:
 
 def success_message(path: str, content: str) -> str:
     """The printed success line."""
-    return printed(prompts.CREATE_SUCCESS.format(path=path, n=count_lines(content)))
+    return printed(messages.CREATE_SUCCESS.format(path=path, n=count_lines(content)))
 
 
 def _exists(sandbox: Sandbox, absolute: str) -> bool:
@@ -57,12 +57,12 @@ def create(sandbox: Sandbox, body: str) -> ToolResult:
     started = time.monotonic()
     path, content = split_body(body)
     if path == "":
-        return file_result(printed(prompts.CREATE_EMPTY_PATH), False, started)
+        return file_result(printed(messages.CREATE_EMPTY_PATH), False, started)
     absolute = posixpath.normpath(sandbox.resolve(path))
     if _exists(sandbox, absolute):
-        return file_result(printed(prompts.CREATE_EXISTS.format(path=path)), False, started)
+        return file_result(printed(messages.CREATE_EXISTS.format(path=path)), False, started)
     parent = posixpath.dirname(absolute)
-    missing_parent = printed(prompts.CREATE_MISSING_PARENT.format(parent_dir=parent))
+    missing_parent = printed(messages.CREATE_MISSING_PARENT.format(parent_dir=parent))
     try:
         sandbox.write_file(absolute, encode_text(content), mode=NEW_FILE_MODE)
     except (FileNotFoundError, NotADirectoryError):

@@ -1,7 +1,7 @@
 """The edit tool: replace one unique run of whole lines in a file, reporting as the trained harness did.
 
 Body: the path on the first line, then one `<<<<<<< SEARCH` / `=======` / `>>>>>>> REPLACE` block.
-The matching rules and every message are those of ../shared/docs/cwm-protocol.md, section 5; the
+The matching rules and every message are those of docs/cwm-protocol.md, section 5; the
 pure part (`parse_edit`, `replace_unique`, `apply_edit`) is separate from the sandbox wrapper
 (`edit`) so that the rules are tested without a container.
 
@@ -23,8 +23,8 @@ import time
 
 from pydantic import BaseModel
 
-from agent import prompts
 from sandbox.base import Sandbox
+from tools import messages
 from tools.base import ToolResult, decode_text, displayable, encode_text, file_result, printed
 
 BLOCK_RE = re.compile(r"^<<<<<<< SEARCH\n(.*?)\n=======\n(.*?)\n>>>>>>> REPLACE", re.DOTALL | re.MULTILINE)
@@ -51,9 +51,9 @@ def parse_edit(body: str) -> EditRequest | str:
     path, _, rest = body.partition("\n")
     blocks = BLOCK_RE.findall(rest)
     if not blocks:
-        return printed(prompts.EDIT_PARSE_ERROR)
+        return printed(messages.EDIT_PARSE_ERROR)
     if len(blocks) > 1:
-        return printed(prompts.EDIT_MULTIPLE_BLOCKS.format(n=len(blocks)))
+        return printed(messages.EDIT_MULTIPLE_BLOCKS.format(n=len(blocks)))
     search, replace = blocks[0]
     return EditRequest(path=path, search=search, replace=replace)
 
@@ -84,7 +84,7 @@ def _line_numbers(haystack: str, starts: list[int]) -> list[int]:
 
 def _snippet(text: str, line: int, replacement_lines: int) -> str:
     """Lines max(1, line-8) .. line+8+replacement_lines-1 of `text`, numbered like `cat -n`."""
-    context = prompts.EDIT_SNIPPET_CONTEXT_LINES
+    context = messages.EDIT_SNIPPET_CONTEXT_LINES
     first = max(1, line - context)
     last = line + context + replacement_lines - 1
     lines = text.split("\n")[first - 1 : last]
@@ -101,18 +101,18 @@ def replace_unique(file_text: str, request: EditRequest) -> EditOutcome:
     haystack, needle = "\n" + file_text, "\n" + request.search
     starts = _line_starts(haystack, needle)
     if not starts:
-        message = prompts.EDIT_NO_MATCH.format(path=path)
+        message = messages.EDIT_NO_MATCH.format(path=path)
         first_search_line = request.search.split("\n", 1)[0]
         if first_search_line.lstrip() in file_text:
-            message += prompts.EDIT_INDENTATION_HINT
+            message += messages.EDIT_INDENTATION_HINT
         return EditOutcome(new_text=None, message=printed(displayable(message)))
     line_numbers = _line_numbers(haystack, starts)
     if len(starts) > 1:
-        message = prompts.EDIT_MULTIPLE_MATCHES.format(linenums=line_numbers, path=path)
+        message = messages.EDIT_MULTIPLE_MATCHES.format(linenums=line_numbers, path=path)
         return EditOutcome(new_text=None, message=printed(displayable(message)))
     start, line = starts[0], line_numbers[0]
     new_text = file_text[:start] + request.replace + file_text[start + len(request.search) :]
-    message = prompts.EDIT_SUCCESS.format(
+    message = messages.EDIT_SUCCESS.format(
         path=path,
         line=line,
         n=new_text.count("\n") + 1,
@@ -140,7 +140,7 @@ def edit(sandbox: Sandbox, body: str) -> ToolResult:
     if isinstance(request, str):
         return file_result(request, False, started)
     path = request.path
-    missing = printed(prompts.EDIT_MISSING_PATH.format(path=path))
+    missing = printed(messages.EDIT_MISSING_PATH.format(path=path))
     if path == "":
         return file_result(missing, False, started)
     absolute = sandbox.resolve(path)

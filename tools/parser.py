@@ -1,25 +1,19 @@
 """Turn the model's raw reply into one tool call or the exact error message the model expects.
 
-Rules and messages are those of ../shared/docs/cwm-protocol.md, section 4, checked in its order.
+Rules and messages are those of docs/cwm-protocol.md, section 4, checked in its order.
 The reply is the text the model produced after the prompt's `<think>\\n`; only what follows
 `</think>` is searched, so a tool call written while thinking is never executed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 
 from pydantic import BaseModel, model_validator
 
-from agent import prompts
+from tools import messages
+from tools.syntax import CLOSING_TAG, DEFAULT_TOOL_NAMES, OPENING_TAG, THINK_END, TOOL_CALL_RE
 from traces.schema import ToolCall
-
-THINK_END = "</think>"
-TOOL_CALL_RE = re.compile(r"<tool:\s([a-zA-Z_]+)>\n(.*?)\n</tool>", re.DOTALL)
-OPENING_TAG = "<tool:"
-CLOSING_TAG = "</tool>"
-DEFAULT_TOOL_NAMES: tuple[str, ...] = ("bash", "edit", "create", "submit")
 
 __all__ = ["ParsedReply", "ToolCall", "parse_reply"]
 
@@ -46,7 +40,7 @@ def parse_reply(reply: str, known_tools: Collection[str] = DEFAULT_TOOL_NAMES) -
     """Parse one reply; `known_tools` are the names the system prompt announced."""
     think_ends = reply.count(THINK_END)
     if think_ends != 1:
-        return ParsedReply(error=prompts.THINK_END_ERROR.format(n=think_ends), answer=reply)
+        return ParsedReply(error=messages.THINK_END_ERROR.format(n=think_ends), answer=reply)
     answer = reply.split(THINK_END, 1)[1]
     outcome = _parse_answer(answer, known_tools)
     if isinstance(outcome, ToolCall):
@@ -59,15 +53,15 @@ def _parse_answer(answer: str, known_tools: Collection[str]) -> ToolCall | str:
     matches = TOOL_CALL_RE.findall(answer)
     if len(matches) > 1:
         names = ", ".join(name for name, _ in matches)
-        return prompts.MULTIPLE_CALLS_ERROR.format(n=len(matches), names=names)
+        return messages.MULTIPLE_CALLS_ERROR.format(n=len(matches), names=names)
     opening, closing = answer.count(OPENING_TAG), answer.count(CLOSING_TAG)
     if len(matches) != opening or len(matches) != closing:
-        return prompts.TAG_MISMATCH_ERROR.format(n=len(matches), o=opening, c=closing)
+        return messages.TAG_MISMATCH_ERROR.format(n=len(matches), o=opening, c=closing)
     if not matches:
-        return prompts.NO_CALL_ERROR
+        return messages.NO_CALL_ERROR
     name, body = matches[0]
     if not body.strip():
-        return prompts.EMPTY_ARGS_ERROR.format(name=name)
+        return messages.EMPTY_ARGS_ERROR.format(name=name)
     if name not in known_tools:
-        return prompts.NO_SUCH_TOOL_ERROR.format(name=name)
+        return messages.NO_SUCH_TOOL_ERROR.format(name=name)
     return ToolCall(name=name, body=body)

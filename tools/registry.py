@@ -1,6 +1,6 @@
 """Tool names to tool functions, and which names the system prompt announces.
 
-The announced set must agree with `agent.prompts.system_prompt(plugins=...)`: with plugins the
+The announced set must agree with `agent.protocol.prompts.system_prompt(plugins=...)`: with plugins the
 model is told about bash, edit, create and submit; without, about bash and submit only. The parser
 is given the announced names, so a call to a tool the model was not told about is a
 NoSuchToolError, exactly as an unknown name is.
@@ -13,8 +13,8 @@ from tools.base import Tool, ToolResult
 from tools.bash import bash
 from tools.create import create
 from tools.edit import edit
-from tools.parser import DEFAULT_TOOL_NAMES
 from tools.submit import submit
+from tools.syntax import DEFAULT_TOOL_NAMES
 
 TOOLS: dict[str, Tool] = {"bash": bash, "edit": edit, "create": create, "submit": submit}
 

@@ -1,7 +1,7 @@
 """The submit tool: mark a patch file as the episode's answer.
 
 Body: the path of a patch file, relative to the session's current directory. Failure messages are
-those of ../shared/docs/cwm-protocol.md, section 5, with no trailing newline; on success the
+those of docs/cwm-protocol.md, section 5, with no trailing newline; on success the
 feedback quotes the patch exactly as read, and `ToolResult.submission` carries it for grading.
 
 Choices where the protocol is silent:
@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import time
 
-from agent import prompts
 from sandbox.base import Sandbox
+from tools import messages
 from tools.base import ToolResult, file_result
 
 
 def check_patch(path: str, patch: str) -> str | None:
     """The failure message for a patch read from `path`, or None if it can be submitted."""
     if patch.strip() == "":
-        return prompts.SUBMIT_EMPTY.format(path=path)
+        return messages.SUBMIT_EMPTY.format(path=path)
     if not patch.startswith("diff"):
-        return prompts.SUBMIT_NOT_DIFF.format(path=path)
+        return messages.SUBMIT_NOT_DIFF.format(path=path)
     return None
 
 
@@ -39,9 +39,9 @@ def submit(sandbox: Sandbox, body: str) -> ToolResult:
     except OSError:
         data = None
     if data is None:
-        return file_result(prompts.SUBMIT_UNREADABLE.format(path=path), False, started)
+        return file_result(messages.SUBMIT_UNREADABLE.format(path=path), False, started)
     patch = data.decode("utf-8", "replace")
     failure = check_patch(path, patch)
     if failure is not None:
         return file_result(failure, False, started)
-    return file_result(prompts.submission_feedback(patch), True, started, output=patch, submission=patch)
+    return file_result(messages.submission_feedback(patch), True, started, output=patch, submission=patch)

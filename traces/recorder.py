@@ -89,3 +89,14 @@ def read_trajectory(path: Path) -> Trajectory:
     if header is None:
         raise TrajectoryFormatError(f"{path}: no header line; is this a cwm-runner trajectory?")
     return Trajectory(header=header, steps=steps, ending=ending, torn_tail=torn)
+
+
+def write_trajectory(trajectory: Trajectory, path: Path) -> Path:
+    """Write a Trajectory in our own format (through the recorder, so the file is what a run writes)."""
+    recorder = Recorder(Path(path), trajectory.header)
+    for step in trajectory.steps:
+        recorder.step(step)
+    if trajectory.ending is not None:
+        recorder.end(trajectory.ending)
+    recorder.close()
+    return Path(path)

@@ -30,6 +30,10 @@ class ModelInfo(BaseModel):
 
 
 class ProtocolSettings(BaseModel):
+    """The limits an episode ran under. The defaults are what a file without them is read as; they
+    equal the protocol's (agent.protocol.prompts, sandbox.base), which this bottom layer cannot import,
+    and tests/agent/protocol/test_prompts.py pins them to each other."""
+
     max_turns: int = 128
     context_size: int = 131072
     timeout_s: float = 120.0

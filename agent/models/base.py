@@ -11,14 +11,8 @@ from abc import ABC, abstractmethod
 
 from pydantic import BaseModel
 
+from agent.protocol.render import Message
 from traces.schema import ModelInfo
-
-
-class Message(BaseModel):
-    """One chat message. `role` is `system`, `user`, `assistant` or `tool: {name}`."""
-
-    role: str
-    content: str
 
 
 class ModelReply(BaseModel):
@@ -34,6 +28,11 @@ class ModelReply(BaseModel):
 
 class ModelError(RuntimeError):
     """The model could not be reached or refused the request; the message says what to do."""
+
+
+class ContextExceededError(ModelError):
+    """The prompt already fills the context: there is no room left for a reply (the loop ends the
+    episode as the protocol's "Context size exceeded", whichever client found out)."""
 
 
 class Model(ABC):

@@ -34,13 +34,13 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.models.base import Message, ModelError, ModelReply
+from agent.models.base import ModelError, ModelReply
 from agent.models.http import ServerModel, ServerOptions, Usage, build_options, parse_response
-from agent.render import STOP_TOKEN_IDS, THINK_PREFIX
+from agent.protocol.render import STOP_TOKEN_IDS, THINK_PREFIX, Message
+from tools.syntax import THINK_END
 
 log = structlog.get_logger("agent.models.chat")
 
-THINK_END = "</think>"
 CWM_TEMPLATE_KWARGS = {"enable_thinking": True, "preserve_previous_think": True}
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.models.base import Message, ModelError, ModelReply
+from agent.models.base import ModelError, ModelReply
 from agent.models.http import ServerError, ServerModel, ServerOptions, Usage, build_options, parse_response
-from agent.render import STOP_STRINGS, STOP_TOKEN_IDS, render_prompt
+from agent.protocol.render import STOP_STRINGS, STOP_TOKEN_IDS, Message, render_prompt
 
 log = structlog.get_logger("agent.models.completions")
 

@@ -20,6 +20,8 @@ from typing import Any
 from agent.models.base import Model, ModelError
 
 KINDS = ("completions", "chat", "replay")
+# Where `agent serve` listens by default: the spec every command uses when none is given.
+DEFAULT_MODEL_URL = "http://127.0.0.1:8000/v1"
 USAGE = (
     "use http(s)://HOST:PORT/v1 (CWM over raw completions), chat:URL (OpenAI-compatible chat) "
     "or replay:PATH (a recorded trajectory)"

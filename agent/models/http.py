@@ -31,16 +31,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from agent.models.base import Message, Model, ModelError
+from agent.models.base import ContextExceededError, Model, ModelError
 from agent.models.tokens import CachedTokenCounter
-from agent.render import BEGIN_OF_TEXT, assistant_prefix, render_message
+from agent.protocol.prompts import CONTEXT_SIZE, MAX_REPLY_TOKENS
+from agent.protocol.render import BEGIN_OF_TEXT, Message, assistant_prefix, render_message
 from traces.schema import ModelInfo
 
 log = structlog.get_logger("agent.models.http")
 
 LABEL = "model server"
 START_HINT = "start it with `agent serve` or pass --model URL"
-DEFAULT_REPLY_TOKENS = 65536  # protocol limit per reply (cwm-protocol.md section 6)
 TOKENIZE_MISSING = (404, 405, 501)  # statuses meaning "this server has no /tokenize"
 
 
@@ -54,10 +54,6 @@ class ServerError(ModelError):
         super().__init__(message)
         self.status = status
         self.detail = detail
-
-
-class ContextExceededError(ModelError):
-    """The prompt already fills the context: there is no room left for a reply."""
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -136,7 +132,7 @@ class ServerOptions(BaseModel):
     temperature: float | None = Field(1.0, description="None: leave to the server")
     top_p: float | None = Field(0.95, description="None: leave to the server")
     max_tokens: int | None = Field(None, ge=1, description="reply cap; default 65536, always <= context left")
-    context_size: int = Field(131072, ge=1, description="prompt + reply limit (also capped by the server)")
+    context_size: int = Field(CONTEXT_SIZE, ge=1, description="prompt + reply limit (also capped by the server)")
     constraint: str | None = Field(None, description="regex the reply must match (vLLM structured outputs)")
     constraint_format: Literal["structured_outputs", "guided_regex"] = Field(
         "structured_outputs", description="vLLM >= 0.10 field, or the older guided_regex"
@@ -358,7 +354,7 @@ class ServerModel(Model):
             url=self.api_base,
             temperature=options.temperature,
             top_p=options.top_p,
-            max_tokens=options.max_tokens or DEFAULT_REPLY_TOKENS,
+            max_tokens=options.max_tokens or MAX_REPLY_TOKENS,
             constrained=options.constraint is not None,
         )
 
@@ -448,7 +444,7 @@ class ServerModel(Model):
 
     def reply_cap(self, prompt_tokens: int | None) -> int:
         """max_tokens to send: the configured cap (default 65536), never more than the context left."""
-        cap = self.options.max_tokens or DEFAULT_REPLY_TOKENS
+        cap = self.options.max_tokens or MAX_REPLY_TOKENS
         if prompt_tokens is None:
             return cap
         limit = self.options.context_size

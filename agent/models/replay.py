@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.models.base import Message, Model, ModelError, ModelReply
+from agent.models.base import Model, ModelError, ModelReply
 from agent.models.tokens import HeuristicTokenCounter
+from agent.protocol.render import Message
 from traces.recorder import TrajectoryFormatError, read_trajectory
 from traces.schema import ModelInfo, Trajectory
 

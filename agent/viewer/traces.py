@@ -2,7 +2,7 @@
 
 Why the server prepares it rather than the page: the `..` of the trace format ("unchanged since
 the previous frame of this scope") is resolved by the same code the debugger uses
-(`agent.tracing.frames.resolved_locals`), so the page never re-implements the format's rules.
+(`agent.worldmodel.frames.resolved_locals`), so the page never re-implements the format's rules.
 Why a value table: resolving `..` repeats every unchanged value in every frame; values are sent
 once and frames refer to them by number, so the document stays about the size of the trace file.
 
@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.trace_tests import OUTPUT_FILE, SOURCES_FILE, TRACE_FILE
-from agent.tracing.frames import Trace, read_trace, resolved_locals
-from agent.tracing.tracer import UNCHANGED
+from agent.worldmodel.frames import Trace, read_trace, resolved_locals
+from agent.worldmodel.traced_tests import OUTPUT_FILE, SOURCES_FILE, TRACE_FILE
+from agent.worldmodel.tracer import UNCHANGED
 from traces.schema import TracedTest
 
 OUTPUT_LIMIT = 64 * 1024

@@ -1,7 +1,7 @@
 """On the GPU machine: sample CWM replies under the reply regex and check the runner's parser takes each.
 
 Why: it is the end-to-end proof for a tiny random-weight model served with a text tokenizer
-(bench/gpu/mktokenizer.py): vLLM loads that tokenizer, xgrammar compiles `agent.constrained`'s regex
+(bench/gpu/mktokenizer.py): vLLM loads that tokenizer, xgrammar compiles `agent.protocol.constrained`'s regex
 against it, the rendered CWM prompt tokenizes with the right special ids, and what comes back parses
 to exactly one tool call. Random weights never stop on their own, so the default is the length-capped
 regex; `--exact` uses the full one (replies may then end at --max-tokens). Standard library plus the
@@ -22,10 +22,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root, wherever this runs from
 
-from agent.constrained import bounded_reply_regex, reply_regex  # noqa: E402
-from agent.models.base import Message  # noqa: E402
-from agent.prompts import issue_prompt, system_prompt  # noqa: E402
-from agent.render import render_prompt  # noqa: E402
+from agent.protocol.constrained import bounded_reply_regex, reply_regex  # noqa: E402
+from agent.protocol.prompts import issue_prompt, system_prompt  # noqa: E402
+from agent.protocol.render import (
+    Message,  # noqa: E402
+    render_prompt,  # noqa: E402
+)
 from tools.parser import parse_reply  # noqa: E402
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

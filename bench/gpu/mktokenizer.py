@@ -28,7 +28,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 FIRST_SPECIAL_ID = 128000
-# ../../shared/docs/cwm-protocol.md, sections 1 and 7.
+# ../docs/cwm-protocol.md, sections 1 and 7.
 CWM_SPECIAL_TOKENS = {
     128000: "<|begin_of_text|>",
     128001: "<|end_of_text|>",

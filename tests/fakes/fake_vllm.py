@@ -1,9 +1,9 @@
 """A stand-in for `python -m vllm.entrypoints.cli.main serve`, run by tests as a real child process.
 
-`agent.serve` starts it through `ServeOptions.command_override` with exactly the arguments it would
+`agent.serve.launcher` starts it through `ServeOptions.command_override` with exactly the arguments it would
 give vLLM (model first, then flags; only --host and --port matter here). It serves GET /health (503
 until it is "ready", then 200) and GET /v1/models, and behaves as its environment says - which also
-lets tests see the environment `agent.serve` builds for the child:
+lets tests see the environment `agent.serve.launcher` builds for the child:
 
   FAKE_VLLM_DELAY=S        seconds before /health answers 200 (default 0)
   FAKE_VLLM_EXIT=N         print a few log lines, then exit with code N without serving

@@ -14,8 +14,8 @@ import secrets
 import signal
 import subprocess
 import sys
-import textwrap
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path

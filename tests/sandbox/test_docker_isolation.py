@@ -9,8 +9,7 @@ import pytest
 
 from sandbox.base import Limits, SandboxConfig, SandboxError
 from sandbox.docker import CAP_ADD, DockerSandbox, connect
-from sandbox.reaper import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_RUN_ID
-from sandbox.reaper import process_start_time
+from sandbox.reaper import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_RUN_ID, process_start_time
 
 pytestmark = pytest.mark.docker
 

@@ -1,0 +1,428 @@
+"""Bookkeeping of a batch run: the run directory, its append-only status log, manifest and preds.
+
+Crash safety rests on one rule: **status.log is the only source of truth, and every other file is
+derived from it or committed before it.** Each state change is one JSON line appended, flushed and
+fsynced (`start` when an episode is handed to a worker, `done`/`error` once its files are in place,
+`abandoned` when a resumed run finds an episode that was running when the runner died). Opening a run
+replays the log (a torn last line from a kill mid-write is cut off), so a SIGKILL at any instant
+loses at most the episodes that were running; manifest.json and preds.jsonl are rewritten from the
+replayed state (write to a temporary file, then os.replace) and are never read back.
+
+Run directory (DIR):
+
+    manifest.json        run id, config, model, instance list hash, per instance and sample: status,
+                         attempts, error, timings, tokens, ending, resolved; the vote per instance
+    status.log           the append-only event log (JSON Lines) described above
+    instances.jsonl      the instance list of the run, frozen at its first start
+    preds.jsonl          SWE-bench predictions: one line per finished instance, the voted patch
+    trajectories/<instance_id>/
+        <k>.traj.jsonl           sample k's trajectory (only for finished samples; its end record
+                                 carries the evaluation when the run grades)
+        <k>.patch                the submitted patch, when there was one
+        <k>.sandbox.diff         the sandbox's own git diff at the end
+        <k>.running/             the episode in progress (solve's live files; `agent view DIR`
+                                 shows it as running)
+        <k>.attempt<a>.partial.jsonl   trajectory of attempt a, killed with the runner (kept aside)
+        <k>.attempt<a>.error.jsonl     trajectory of attempt a, which ended in an error (kept aside)
+
+The kept-aside files do not end in .traj.jsonl, so exports and the viewer's run table skip them;
+`agent view FILE` still opens one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, Field
+
+from agent.batch.status_log import (
+    AbandonedEvent,
+    BatchRefused,
+    DoneEvent,
+    EpisodeSummary,
+    ErrorEvent,
+    RunConfig,
+    SessionEvent,
+    StartEvent,
+    StatusLog,
+    utc_now,
+)
+from agent.batch.voting import Candidate, Vote, choose
+from agent.instances.records import Instance, Prediction
+
+log = structlog.get_logger()
+
+MANIFEST_VERSION = 1
+SampleStatus = Literal["pending", "running", "done", "error"]
+
+
+def safe_name(instance_id: str) -> str:
+    """A file name for an instance id (SWE-bench ids are already safe; anything else is made so)."""
+    name = re.sub(r"[^A-Za-z0-9_.@+=-]", "_", instance_id)
+    return name if name.strip(".") else f"_{name}"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers (and a later resume) see the old or the new file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def instances_digest(instances: Sequence[Instance]) -> str:
+    """sha256 of the instance list (order included: it is the scheduling and preds order)."""
+    h = hashlib.sha256()
+    for instance in instances:
+        h.update(json.dumps(instance.model_dump(mode="json"), sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+# -- the manifest --------------------------------------------------------------------------------
+
+
+class SampleRecord(BaseModel):
+    sample: int
+    status: SampleStatus = "pending"
+    attempts: int = 0
+    error: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    trajectory: str | None = Field(default=None, description="path relative to the run directory")
+    summary: EpisodeSummary | None = None
+
+
+class InstanceRecord(BaseModel):
+    instance_id: str
+    samples: list[SampleRecord]
+    vote: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status in ("done", "error") for s in self.samples)
+
+
+class Totals(BaseModel):
+    pending: int = 0
+    running: int = 0
+    done: int = 0
+    error: int = 0
+    submitted: int = 0
+    resolved: int = 0
+    graded: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    episode_seconds: float = 0.0
+
+
+class Manifest(BaseModel):
+    format_version: int = MANIFEST_VERSION
+    run_id: str
+    created_at: datetime
+    updated_at: datetime = Field(default_factory=utc_now)
+    config: RunConfig
+    model_name: str | None = None
+    instances_sha256: str
+    instance_count: int
+    sessions: list[dict[str, Any]] = Field(default_factory=list)
+    totals: Totals = Field(default_factory=Totals)
+    instances: list[InstanceRecord]
+
+
+# -- the run directory -------------------------------------------------------------------------------
+
+
+class RunLayout:
+    """Where each file of a run lives (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.manifest = self.root / "manifest.json"
+        self.status_log = self.root / "status.log"
+        self.instances = self.root / "instances.jsonl"
+        self.preds = self.root / "preds.jsonl"
+        self.trajectories = self.root / "trajectories"
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.trajectories / safe_name(instance_id)
+
+    def trajectory(self, instance_id: str, sample: int) -> Path:
+        return self.instance_dir(instance_id) / f"{sample}.traj.jsonl"
+
+    def patch(self, instance_id: str, sample: int) -> Path:
+        return self.instance_dir(instance_id) / f"{sample}.patch"
+
+    def sandbox_diff(self, instance_id: str, sample: int) -> Path:
+        return self.instance_dir(instance_id) / f"{sample}.sandbox.diff"
+
+    def running_dir(self, instance_id: str, sample: int) -> Path:
+        return self.instance_dir(instance_id) / f"{sample}.running"
+
+    def aside(self, instance_id: str, sample: int, attempt: int, kind: Literal["partial", "error"]) -> Path:
+        return self.instance_dir(instance_id) / f"{sample}.attempt{attempt}.{kind}.jsonl"
+
+
+class BatchState:
+    """The replayed status of every (instance, sample) and the writers of the derived files.
+
+    Used from the driver thread only: one writer, so no locking.
+    """
+
+    MANIFEST_MIN_INTERVAL_S = 1.0  # start events rewrite the manifest at most this often
+
+    def __init__(self, layout: RunLayout, instances: Sequence[Instance], config: RunConfig, run_id: str,
+                 created_at: datetime) -> None:
+        self.layout = layout
+        self.instances = list(instances)
+        self.config = config
+        self.run_id = run_id
+        self.created_at = created_at
+        self.model_name: str | None = None
+        self.sessions: list[dict[str, Any]] = []
+        self.records: dict[str, InstanceRecord] = {
+            i.instance_id: InstanceRecord(
+                instance_id=i.instance_id, samples=[SampleRecord(sample=k) for k in range(config.samples)]
+            )
+            for i in self.instances
+        }
+        self.digest = instances_digest(self.instances)
+        self.abandoned: list[tuple[str, int, int]] = []
+        self._votes: dict[str, Vote] = {}  # per finished instance; dropped when its samples change
+        self._log: StatusLog | None = None
+        self._manifest_written = 0.0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, instances: Sequence[Instance], config: RunConfig, *, resume: bool,
+             executor: str = "local", workers: int = 1, run_id: str | None = None) -> BatchState:
+        """Start a new run in an empty `root`, or (resume=True) continue the run already there.
+
+        Refuses (BatchRefused) a non-empty directory without resume, a directory that holds something
+        other than a run, and a resume with other instances or another config.
+        """
+        layout = RunLayout(root)
+        _check_unique(instances)
+        existing = layout.root.exists() and any(layout.root.iterdir())
+        has_run = layout.status_log.exists()
+        if existing and not resume:
+            raise BatchRefused(f"{root} is not empty (an earlier run?): pass --resume to continue it, "
+                               "or choose another --output")
+        if existing and not has_run:
+            raise BatchRefused(f"{root} is not empty and holds no batch run to resume; choose another --output")
+        layout.root.mkdir(parents=True, exist_ok=True)
+        events = StatusLog.replay(layout.status_log) if has_run else []
+        sessions = [e for e in events if isinstance(e, SessionEvent)]
+        if sessions:
+            first = sessions[0]
+            state = cls(layout, instances, config, first.run_id, first.at)
+            if first.instances_sha256 != state.digest:
+                raise BatchRefused(f"the instances differ from those of the run in {root}; pass the same "
+                                   "INSTANCES (see its instances.jsonl) or choose another --output")
+            changed = config.differences(first.config)
+            if changed:
+                raise BatchRefused(f"{', '.join(changed)} differ from the run in {root}; resume with the same "
+                                   "settings (see its manifest.json) or choose another --output")
+            for event in events:
+                state._apply(event)
+        else:
+            state = cls(layout, instances, config, run_id or _new_run_id(), utc_now())
+            atomic_write(layout.instances, "".join(i.model_dump_json() + "\n" for i in instances))
+        state._log = StatusLog(layout.status_log)
+        session = SessionEvent(run_id=state.run_id, executor=executor, workers=workers, resume=bool(sessions),
+                               config=config, instances_sha256=state.digest)
+        state._append(session)
+        state._abandon_running()
+        state.write_manifest(force=True)
+        state.write_preds()
+        return state
+
+    def _abandon_running(self) -> None:
+        """Episodes left 'running' by a dead runner go back to pending; their files are put aside."""
+        for record in self.records.values():
+            for sample in record.samples:
+                running = self.layout.running_dir(record.instance_id, sample.sample)
+                if sample.status != "running":
+                    if running.exists():  # the runner died after committing the outcome, before tidying
+                        _remove_tree(running)
+                    continue
+                kept = None
+                partial = next(running.rglob("*.traj.jsonl"), None) if running.is_dir() else None
+                if partial is not None:
+                    target = self.layout.aside(record.instance_id, sample.sample, sample.attempts, "partial")
+                    os.replace(partial, target)
+                    kept = str(target.relative_to(self.layout.root))
+                _remove_tree(running)
+                for stale in (self.layout.trajectory(record.instance_id, sample.sample),
+                              self.layout.patch(record.instance_id, sample.sample),
+                              self.layout.sandbox_diff(record.instance_id, sample.sample)):
+                    stale.unlink(missing_ok=True)  # written by the dead attempt but never committed
+                self._append(AbandonedEvent(instance_id=record.instance_id, sample=sample.sample,
+                                            attempt=sample.attempts, kept=kept))
+                self.abandoned.append((record.instance_id, sample.sample, sample.attempts))
+
+    def _append(self, event: BaseModel) -> None:
+        assert self._log is not None
+        self._log.append(event)
+        self._apply(event)
+
+    def _apply(self, event: Any) -> None:
+        """Fold one event into the in-memory state (used by replay and by live updates alike)."""
+        if isinstance(event, SessionEvent):
+            self.sessions.append(event.model_dump(mode="json", exclude={"config", "event"}))
+            return
+        sample = self.records[event.instance_id].samples[event.sample]
+        self._votes.pop(event.instance_id, None)
+        if isinstance(event, StartEvent):
+            sample.status, sample.attempts = "running", event.attempt
+            sample.started_at, sample.ended_at, sample.error = event.at, None, None
+        elif isinstance(event, DoneEvent):
+            sample.status, sample.ended_at, sample.error = "done", event.at, None
+            sample.summary = event.summary
+            sample.trajectory = str(self.layout.trajectory(event.instance_id, event.sample)
+                                    .relative_to(self.layout.root))
+            if self.model_name is None and event.summary.model_name:
+                self.model_name = event.summary.model_name
+        elif isinstance(event, ErrorEvent):
+            sample.status, sample.ended_at, sample.error = "error", event.at, event.error
+            sample.summary, sample.trajectory = event.summary, None
+        elif isinstance(event, AbandonedEvent):
+            sample.status, sample.started_at = "pending", None
+
+    # -- transitions -------------------------------------------------------------------------------
+
+    def todo(self, redo_errors: bool = False) -> list[tuple[Instance, int]]:
+        """(instance, sample) pairs still to run, instance by instance so instances finish early."""
+        wanted = ("pending", "error") if redo_errors else ("pending",)
+        return [(instance, s.sample) for instance in self.instances
+                for s in self.records[instance.instance_id].samples if s.status in wanted]
+
+    def sample(self, instance_id: str, sample: int) -> SampleRecord:
+        return self.records[instance_id].samples[sample]
+
+    def start(self, instance_id: str, sample: int, slot: int = 0) -> int:
+        """Record that an episode was handed to a worker; returns its attempt number (1-based)."""
+        attempt = self.sample(instance_id, sample).attempts + 1
+        self._append(StartEvent(instance_id=instance_id, sample=sample, attempt=attempt, slot=slot))
+        self.write_manifest()
+        return attempt
+
+    def done(self, instance_id: str, sample: int, attempt: int, summary: EpisodeSummary) -> None:
+        """Record a finished episode; its files must already be in place (this is the commit point)."""
+        self._append(DoneEvent(instance_id=instance_id, sample=sample, attempt=attempt, summary=summary))
+        self._after_outcome(instance_id)
+
+    def error(self, instance_id: str, sample: int, attempt: int, message: str,
+              summary: EpisodeSummary | None = None) -> None:
+        self._append(ErrorEvent(instance_id=instance_id, sample=sample, attempt=attempt, error=message,
+                                summary=summary or EpisodeSummary()))
+        self._after_outcome(instance_id)
+
+    def _after_outcome(self, instance_id: str) -> None:
+        if self.records[instance_id].finished:
+            self.write_preds()
+        self.write_manifest(force=True)
+
+    def close(self) -> None:
+        self.write_manifest(force=True)
+        self.write_preds()
+        if self._log is not None:
+            self._log.close()
+
+    # -- derived files ----------------------------------------------------------------------------
+
+    def vote(self, instance_id: str) -> Vote:
+        """Choose among the instance's finished samples (errored ones do not take part)."""
+        if instance_id in self._votes:
+            return self._votes[instance_id]
+        candidates = []
+        for s in self.records[instance_id].samples:
+            if s.status != "done" or s.summary is None:
+                continue
+            patch_path = self.layout.patch(instance_id, s.sample)
+            patch = patch_path.read_text(encoding="utf-8") if s.summary.has_patch and patch_path.exists() else None
+            candidates.append(Candidate(sample=s.sample, patch=patch, evaluation=s.summary.evaluation))
+        self._votes[instance_id] = vote = choose(candidates)
+        return vote
+
+    def write_preds(self) -> None:
+        """preds.jsonl: one line per instance whose samples have all finished, in instance order."""
+        name = self.config.model_name or self.model_name or self.config.model
+        lines = []
+        for instance in self.instances:
+            record = self.records[instance.instance_id]
+            if not record.finished:
+                record.vote = None
+                continue
+            vote = self.vote(instance.instance_id)
+            record.vote = vote.summary()
+            pred = Prediction(instance_id=instance.instance_id, model_name_or_path=name, model_patch=vote.patch)
+            lines.append(pred.model_dump_json() + "\n")
+        atomic_write(self.layout.preds, "".join(lines))
+
+    def totals(self) -> Totals:
+        totals = Totals()
+        for record in self.records.values():
+            for s in record.samples:
+                setattr(totals, s.status, getattr(totals, s.status) + 1)
+                if s.summary is None:
+                    continue
+                totals.prompt_tokens += s.summary.prompt_tokens
+                totals.completion_tokens += s.summary.completion_tokens
+                totals.episode_seconds += s.summary.elapsed_s
+                if s.status == "done":
+                    totals.submitted += int(s.summary.has_patch)
+                    if s.summary.evaluation is not None:
+                        totals.graded += 1
+                        totals.resolved += int(s.summary.evaluation.resolved)
+        totals.episode_seconds = round(totals.episode_seconds, 3)
+        return totals
+
+    def manifest(self) -> Manifest:
+        return Manifest(
+            run_id=self.run_id, created_at=self.created_at, config=self.config, model_name=self.model_name,
+            instances_sha256=self.digest, instance_count=len(self.instances), sessions=self.sessions,
+            totals=self.totals(), instances=[self.records[i.instance_id] for i in self.instances],
+        )
+
+    def write_manifest(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._manifest_written < self.MANIFEST_MIN_INTERVAL_S:
+            return
+        self._manifest_written = now
+        atomic_write(self.layout.manifest, self.manifest().model_dump_json(indent=1) + "\n")
+
+
+def _check_unique(instances: Iterable[Instance]) -> None:
+    seen: set[str] = set()
+    for instance in instances:
+        name = safe_name(instance.instance_id)
+        if name in seen:
+            raise BatchRefused(f"instance id {instance.instance_id!r} appears twice (after making it a file "
+                               "name); give every instance its own id")
+        seen.add(name)
+
+
+def _new_run_id() -> str:
+    return time.strftime("batch-%Y%m%d-%H%M%S-") + os.urandom(3).hex()
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""The status log of a batch run: its events, appended one JSON line each, fsynced; the run's config.
+
+This log is the run's only source of truth (agent.batch.state derives everything else from it): an
+event is appended, flushed and fsynced before anything relies on it, and replaying the log after a
+kill drops a torn last line and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import structlog
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from sandbox.base import DEFAULT_TIMEOUT_S
+from traces.schema import Evaluation
+
+log = structlog.get_logger()
+
+
+class BatchRefused(RuntimeError):
+    """The run directory cannot be used as asked; the one-line message says what to do instead."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- the run's configuration ---------------------------------------------------------------------
+
+
+class RunConfig(BaseModel):
+    """What the results depend on; a resume must use the same (workers and executor may change)."""
+
+    model: str = Field(description="the model spec, or its template, as given")
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    samples: int = 1
+    image: str | None = None
+    evaluate: bool = False
+    loop: dict[str, Any] = Field(default_factory=dict)
+    sandbox_timeout_s: float = DEFAULT_TIMEOUT_S
+    model_name: str | None = Field(default=None, description="model_name_or_path for preds.jsonl")
+
+    def differences(self, other: RunConfig) -> list[str]:
+        mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
+        return [key for key in mine if mine[key] != theirs.get(key)]
+
+
+# -- the status log --------------------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    at: datetime = Field(default_factory=utc_now)
+
+
+class SessionEvent(_Event):
+    """One invocation of the runner on this directory (the first, then one per --resume)."""
+
+    event: Literal["session"] = "session"
+    run_id: str
+    pid: int = Field(default_factory=os.getpid)
+    host: str = Field(default_factory=socket.gethostname)
+    executor: str = "local"
+    workers: int = 1
+    resume: bool = False
+    config: RunConfig
+    instances_sha256: str
+
+
+class StartEvent(_Event):
+    event: Literal["start"] = "start"
+    instance_id: str
+    sample: int
+    attempt: int
+    slot: int = 0
+
+
+class EpisodeSummary(BaseModel):
+    """What the manifest keeps of a finished episode (the files hold the rest)."""
+
+    ending: str | None = None
+    reason: str = ""
+    steps: int = 0
+    has_patch: bool = False
+    evaluation: Evaluation | None = None
+    elapsed_s: float = 0.0
+    command_s: float = 0.0
+    model_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    node: str = ""
+    model_name: str = ""
+
+
+class DoneEvent(_Event):
+    event: Literal["done"] = "done"
+    instance_id: str
+    sample: int
+    attempt: int
+    summary: EpisodeSummary
+
+
+class ErrorEvent(_Event):
+    event: Literal["error"] = "error"
+    instance_id: str
+    sample: int
+    attempt: int
+    error: str
+    summary: EpisodeSummary = Field(default_factory=EpisodeSummary)
+
+
+class AbandonedEvent(_Event):
+    """A resumed run found this attempt running with no outcome: its runner died mid-episode."""
+
+    event: Literal["abandoned"] = "abandoned"
+    instance_id: str
+    sample: int
+    attempt: int
+    kept: str | None = Field(default=None, description="where its partial trajectory was put aside")
+
+
+Event = Annotated[
+    Union[SessionEvent, StartEvent, DoneEvent, ErrorEvent, AbandonedEvent], Field(discriminator="event")
+]
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+
+
+class StatusLog:
+    """Append-only JSON Lines; each event is flushed and fsynced before the call returns."""
+
+    def __init__(self, path: Path, fsync: bool = True) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._file = path.open("a", encoding="utf-8")
+
+    def append(self, event: BaseModel) -> None:
+        self._file.write(event.model_dump_json() + "\n")
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    @staticmethod
+    def replay(path: Path) -> list[Any]:
+        """Every complete event in order; a torn last line (killed mid-write) is cut off the file."""
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1
+        if good < len(data):
+            log.warning("batch.status_log_torn_tail", path=str(path), dropped_bytes=len(data) - good)
+            with path.open("r+b") as handle:
+                handle.truncate(good)
+        events = []
+        for number, line in enumerate(data[:good].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                events.append(EVENT_ADAPTER.validate_json(line))
+            except ValidationError as error:
+                raise BatchRefused(f"{path}:{number} is not a status event ({error.errors()[0]['msg']}); "
+                                   "the run directory is damaged: choose another --output") from None
+        return events

@@ -1,0 +1,45 @@
+"""`agent serve`: vLLM for CWM on a GPU host (the launcher is agent.serve; vLLM is the `serve` extra)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from agent.cli.common import default_of, fail
+from agent.serve.launcher import ServeOptions
+
+
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(..., help="model folder or Hugging Face name (e.g. facebook/cwm)"),
+    tp: int = typer.Option(default_of(ServeOptions, "tp"), help="tensor-parallel size: GPUs to spread the model over"),
+    port: int = typer.Option(default_of(ServeOptions, "port"), help="port of the OpenAI-compatible server"),
+    host: str = typer.Option(default_of(ServeOptions, "host"), help="address to bind"),
+    max_model_len: int = typer.Option(default_of(ServeOptions, "max_model_len"), help="context length (CWM: 131072)"),
+    gpu_memory_utilization: float = typer.Option(default_of(ServeOptions, "gpu_memory_utilization"),
+                                                 help="share of each GPU's memory vLLM may take"),
+    served_model_name: str = typer.Option(default_of(ServeOptions, "served_model_name"),
+                                          help="model name clients ask for"),
+    load_format: str = typer.Option(default_of(ServeOptions, "load_format"),
+                                    help="'dummy' serves random weights (speed tests)"),
+    quantization: Optional[str] = typer.Option(None, help="fp8: FP8 linear layers, quantized while loading "
+                                                          "(half the bytes per token; Hopper GPUs)"),
+) -> None:
+    """Serve CWM with vLLM (prefix caching, CWM's stop tokens) until Ctrl-C; extra args go to vLLM."""
+    from agent.serve.launcher import ServeError, run_server
+
+    if quantization not in (None, "fp8"):
+        fail(f"unknown --quantization {quantization!r}; choose fp8 (or leave it out for bf16)")
+    try:
+        options = ServeOptions(
+            model=model, tp=tp, port=port, host=host, max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization, served_model_name=served_model_name,
+            load_format=load_format, quantization=quantization, extra_args=list(ctx.args),
+        )
+        code = run_server(options)
+    except ServeError as error:
+        fail(str(error).splitlines()[0])
+    except ValueError as error:
+        fail(str(error))
+    raise typer.Exit(code)
