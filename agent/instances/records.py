@@ -26,7 +26,13 @@ class Instance(BaseModel):
     PASS_TO_PASS: list[str] = Field(default_factory=list)
     environment_setup_commit: str = ""
     version: str = ""
+    # SWE-bench 5 rows say how they are graded; v4 rows have none of these (agent.grading derives them).
+    eval_script: str | None = Field(default=None, description="the script the official harness runs to test")
+    log_parser: str | None = Field(default=None, description="name of the official log parser for this row")
+    eval_type: str | None = Field(default=None, description="the official harness's evaluation type")
     # cwm-runner additions (absent from SWE-bench files).
+    dataset: str | None = Field(default=None, description="the family the row came from (swe-bench, swe-gym, "
+                                "swe-smith, swe-rebench, multimodal): image naming rules and row mappers key on it")
     repo_path: str | None = Field(default=None, description="local clone or directory to use instead of fetching")
     image: str | None = Field(default=None, description="environment image to run in (default: built from env spec)")
     env: str | None = Field(default=None, description="name of the environment spec (see agent.instances.envs)")

@@ -1,0 +1,129 @@
+"""Official-style SWE-bench images, built here from the project's base image (no registry is reachable).
+
+They copy the layout of the images the field runs (`swebench/sweb.eval.x86_64.<id>:latest`), as far as
+an episode or a grader can tell:
+
+- `/testbed` is a git checkout at the instance's base commit, as the official setup leaves it: the
+  branch reset to the base commit, so later commits (the fix among them) are still in the object
+  store and the reflog, and, unless `remote=False`, a remote named origin;
+- an install step left an untracked file the package needs (`<package>/_version.py`, ignored by git,
+  as setuptools-scm writes it for pytest, astropy, matplotlib...);
+- a conda-style environment named `testbed` that only `~/.bashrc` activates, through
+  `/opt/miniconda3/etc/profile.d/conda.sh` and `conda activate testbed` (also `source
+  /opt/miniconda3/bin/activate`, as the official eval scripts do). conda itself cannot be installed
+  offline: `conda` here is a shell function that activates a Python venv of that name and sets
+  `CONDA_DEFAULT_ENV`, which is all a session or an eval script uses of it.
+
+Tests build the repository with `make_repository`, then the image with `build_official_image`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+import docker
+
+OFFICIAL_PREFIX = "swebench/sweb.eval.x86_64."
+
+CONDA_SH = textwrap.dedent("""\
+    # conda's shell hook, reduced to what sessions and eval scripts use: `conda activate NAME`.
+    conda() {
+        case "$1" in
+            activate)
+                local name="${2:-base}"
+                if [ "$name" = base ]; then export CONDA_DEFAULT_ENV=base; return 0; fi
+                . "/opt/miniconda3/envs/$name/bin/activate" && export CONDA_DEFAULT_ENV="$name" \\
+                    CONDA_PREFIX="/opt/miniconda3/envs/$name" ;;
+            deactivate) deactivate 2>/dev/null; unset CONDA_DEFAULT_ENV CONDA_PREFIX ;;
+            *) echo "conda: only activate/deactivate in this image" >&2; return 1 ;;
+        esac
+    }
+    """)
+
+DOCKERFILE = textwrap.dedent("""\
+    FROM {base}
+    COPY testbed /testbed
+    COPY conda.sh /opt/miniconda3/etc/profile.d/conda.sh
+    RUN set -eu; \\
+        mkdir -p /opt/miniconda3/bin; python3 -m venv --system-site-packages /opt/miniconda3/envs/testbed; \\
+        printf '. /opt/miniconda3/etc/profile.d/conda.sh\\nconda activate base\\n' > /opt/miniconda3/bin/activate; \\
+        echo 'source /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed' > /root/.bashrc; \\
+        {install}
+    WORKDIR /testbed
+    """)
+
+
+def official_image_name(instance_id: str, namespace: str = "swebench") -> str:
+    """SWE-bench's naming rule: `<namespace>/sweb.eval.x86_64.<id, "__" -> "_1776_", lower case>:latest`."""
+    return f"{namespace}/sweb.eval.x86_64.{instance_id.replace('__', '_1776_').lower()}:latest"
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_DATE": "2001-01-01T00:00:00+0000", "GIT_COMMITTER_DATE": "2001-01-01T00:00:00+0000",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(repo)}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+def make_repository(root: Path, package: str = "calc") -> tuple[Path, str, str]:
+    """A small package whose import needs its install-generated `_version.py`, with a failing test at
+    the base commit and the fix in a later commit. Returns (repository, base commit, fix commit)."""
+    repo = root / "upstream"
+    (repo / package).mkdir(parents=True)
+    (repo / "tests").mkdir()
+    (repo / ".gitignore").write_text(f"{package}/_version.py\n__pycache__/\n")
+    (repo / package / "__init__.py").write_text(
+        f"from {package}._version import version as __version__\n\n\ndef add(a, b):\n    return a - b\n")
+    (repo / "tests" / "test_calc.py").write_text(
+        f"from {package} import add, __version__\n\n\ndef test_version():\n    assert __version__ == '1.0'\n\n\n"
+        "def test_add():\n    assert add(2, 3) == 5\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / package / "__init__.py").write_text(
+        f"from {package}._version import version as __version__\n\n\ndef add(a, b):\n    return a + b\n")
+    git(repo, "commit", "-q", "-am", "fix add (the answer the model must not read)")
+    fix = git(repo, "rev-parse", "HEAD")
+    return repo, base, fix
+
+
+def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, package: str = "calc",
+                         remote: bool = True, install: str = "true") -> str:
+    """Build `tag`: /testbed a clone of `repo` reset to `commit` with later history still reachable from
+    the reflog, the untracked `_version.py`, and the bashrc-only `testbed` environment."""
+    with tempfile.TemporaryDirectory(prefix="cwm-official-") as scratch:
+        context = Path(scratch)
+        testbed = context / "testbed"
+        subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(testbed)], check=True)
+        git(testbed, "reset", "-q", "--hard", commit)
+        if remote:
+            git(testbed, "remote", "set-url", "origin", "https://github.com/example/calc.git")
+        else:
+            git(testbed, "remote", "remove", "origin")
+        (testbed / package / "_version.py").write_text("version = '1.0'\n")
+        (context / "conda.sh").write_text(CONDA_SH)
+        (context / "Dockerfile").write_text(DOCKERFILE.format(base=base_image, install=install))
+        client = docker.from_env(timeout=600)
+        try:
+            client.images.build(path=str(context), tag=tag, rm=True, forcerm=True)
+        finally:
+            client.close()
+    return tag
+
+
+def remove_image(tag: str) -> None:
+    client = docker.from_env(timeout=120)
+    try:
+        client.images.remove(tag, force=True)
+    except docker.errors.ImageNotFound:
+        pass
+    finally:
+        client.close()
+
+
+__all__ = ["OFFICIAL_PREFIX", "build_official_image", "make_repository", "official_image_name", "remove_image"]
