@@ -63,6 +63,7 @@ from agent.instances.records import Instance, Prediction
 log = structlog.get_logger()
 
 MANIFEST_VERSION = 1
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: `.<name>.<random>.tmp` beside the target
 SampleStatus = Literal["pending", "running", "done", "error"]
 
 
@@ -72,13 +73,22 @@ def safe_name(instance_id: str) -> str:
     return name if name.strip(".") else f"_{name}"
 
 
+def _file_mode() -> int:
+    """What open() would give a new file here (0666 less the umask); mkstemp's own 0600 would hide a
+    run's files from the other users of a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers (and a later resume) see the old or the new file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(temp, _file_mode())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -176,6 +186,31 @@ class RunLayout:
     def aside(self, instance_id: str, sample: int, attempt: int, kind: Literal["partial", "error"]) -> Path:
         return self.instance_dir(instance_id) / f"{sample}.attempt{attempt}.{kind}.jsonl"
 
+    def _birth_files(self) -> list[Path] | None:
+        """The files of a run's first start (instances.jsonl, its temporary file, status.log), or None
+        if the directory holds anything else."""
+        if not self.root.is_dir():
+            return None
+        entries = list(self.root.iterdir())
+        temporary = (f".{self.instances.name}.", TEMP_SUFFIX)
+        born = [p for p in entries if p in (self.instances, self.status_log)
+                or (p.name.startswith(temporary[0]) and p.name.endswith(temporary[1]))]
+        return born if len(born) == len(entries) else None
+
+    def half_made(self) -> bool:
+        """A first start killed before its first session event was durable: only birth files, and a
+        status log (if any) without one complete session line. Such a run has nothing to keep."""
+        born = self._birth_files()
+        if not born:
+            return False
+        if not self.status_log.exists():
+            return True
+        return not any(isinstance(e, SessionEvent) for e in StatusLog.replay(self.status_log))
+
+    def clear_birth(self) -> None:
+        for path in self._birth_files() or []:
+            path.unlink(missing_ok=True)
+
 
 class BatchState:
     """The replayed status of every (instance, sample) and the writers of the derived files.
@@ -218,6 +253,8 @@ class BatchState:
         """
         layout = RunLayout(root)
         _check_unique(instances)
+        if resume and layout.half_made():
+            layout.clear_birth()  # a first start killed before its first session event: start it again
         existing = layout.root.exists() and any(layout.root.iterdir())
         has_run = layout.status_log.exists()
         if existing and not resume:
