@@ -10,6 +10,15 @@ retried with exponential backoff (`backoff_s`, doubling, at most `max_backoff_s`
 `attempts` tries and no longer than `max_total_s` since the first; any other 4xx is the request's
 fault and is reported at once with the server's own message. 429 is retried although it is a 4xx:
 it means "try again later", which is what a rate-limited hosted endpoint needs.
+
+Outages: once a server has answered, a request that finds it GONE (connection refused or dropped,
+HTTP 502/503/504: killed, restarting — `agent serve` takes about two minutes to come back — or
+behind a proxy whose backend is down) is retried, the same request each time, for up to
+`outage_s`, whatever `attempts` says. The episode simply waits and goes on where it was, and the
+same prompt refills the server's prefix cache. Past the bound the request fails with
+`ServerUnavailable`, which callers treat as an infrastructure failure (redone on resume), never as
+the model's. A server that never answered fails fast, so a wrong URL is reported in seconds.
+Outages are reported to agent.models.health for the batch display.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from agent.models import health
 from agent.models.base import ContextExceededError, Model, ModelError
 from agent.models.tokens import CachedTokenCounter
 from agent.protocol.prompts import CONTEXT_SIZE, MAX_REPLY_TOKENS
@@ -54,6 +64,11 @@ class ServerError(ModelError):
         super().__init__(message)
         self.status = status
         self.detail = detail
+
+
+class ServerUnavailable(ServerError):
+    """A server that had answered stayed unreachable for longer than the outage bound: an
+    infrastructure failure, to be redone once the server is back (not the model's failure)."""
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -129,6 +144,8 @@ class ServerOptions(BaseModel):
     backoff_s: float = Field(1.0, ge=0, description="first wait between tries; doubles each time")
     max_backoff_s: float = Field(30.0, ge=0)
     max_total_s: float = Field(1800.0, gt=0, description="no new try after this long since the first")
+    outage_s: float = Field(600.0, ge=0, description="how long to wait for a server that answered before and "
+                            "went away (killed, restarting): longer than `agent serve` takes to come back")
     temperature: float | None = Field(1.0, description="None: leave to the server")
     top_p: float | None = Field(0.95, description="None: leave to the server")
     max_tokens: int | None = Field(None, ge=1, description="reply cap; default 65536, always <= context left")
@@ -205,8 +222,18 @@ class _RetryableStatus(Exception):
         self.response = response
 
 
+GONE_STATUSES = (502, 503, 504)  # a proxy or server saying its backend is not there (restarting)
+
+
 def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, (_RetryableStatus, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+
+
+def _is_gone(error: BaseException | None) -> bool:
+    """The server is not there at all (as opposed to slow or failing a request it received)."""
+    if isinstance(error, _RetryableStatus):
+        return error.response.status_code in GONE_STATUSES
+    return isinstance(error, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
 
 
 class ServerClient:
@@ -223,6 +250,7 @@ class ServerClient:
             headers["Authorization"] = f"Bearer {api_key}"
         timeout = httpx.Timeout(options.timeout_s, connect=min(options.connect_timeout_s, options.timeout_s))
         self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._answered = False  # has this server ever answered? (only then is an outage waited out)
 
     def get(self, path: str, *, root: bool = False) -> Any:
         return self.request("GET", path, None, root=root)
@@ -235,7 +263,7 @@ class ServerClient:
         url = (self.root if root else self.api_base) + path
         options = self.options
         retrying = Retrying(
-            stop=stop_after_attempt(options.attempts) | stop_after_delay(options.max_total_s),
+            stop=self._stop,
             wait=wait_exponential(multiplier=options.backoff_s, max=options.max_backoff_s),
             retry=retry_if_exception(_is_retryable),
             before_sleep=self._log_retry,
@@ -249,10 +277,14 @@ class ServerClient:
                     if response.status_code >= 500 or response.status_code == 429:
                         raise _RetryableStatus(response)
         except _RetryableStatus as error:
+            self._give_up(error, retrying)
             self._status_failure(error.response, retrying.statistics.get("attempt_number", 1))
         except httpx.TransportError as error:
+            self._give_up(error, retrying)
             self._transport_failure(error, retrying.statistics.get("attempt_number", 1))
         assert response is not None
+        self._answered = True
+        health.mark_up(self.api_base)
         if response.status_code >= 400:
             self._status_failure(response, 1)
         try:
@@ -265,8 +297,32 @@ class ServerClient:
                 status=response.status_code,
             ) from None
 
+    def _waits_out(self, error: BaseException | None) -> bool:
+        """Is this failure an outage of a server that answered before, to be waited out?"""
+        return self.options.outage_s > 0 and self._answered and _is_gone(error)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        """Stop after `attempts` tries or `max_total_s`, except while a server that answered before is
+        gone: then only after `outage_s`."""
+        error = state.outcome.exception() if state.outcome else None
+        if self._waits_out(error):
+            return state.seconds_since_start >= self.options.outage_s
+        return (stop_after_attempt(self.options.attempts) | stop_after_delay(self.options.max_total_s))(state)
+
+    def _give_up(self, error: BaseException, retrying: Retrying) -> None:
+        """After the last try: an outage that outlasted its bound becomes ServerUnavailable."""
+        if not self._waits_out(error):
+            return
+        waited = retrying.statistics.get("delay_since_first_attempt", 0.0)
+        raise ServerUnavailable(
+            f"{self.label} at {self.api_base} went away and did not come back within {waited:.0f} s "
+            f"(outage bound {self.options.outage_s:g} s); restart it, then rerun with --resume"
+        ) from None
+
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        if _is_gone(error):
+            health.mark_down(self.api_base)
         log.warning(
             "model.retry",
             server=self.api_base,

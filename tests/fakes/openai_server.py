@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
@@ -79,6 +80,7 @@ class _State:
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
+    connections: set[Any] = field(default_factory=set)  # open client sockets, cut when the server stops
 
 
 class FakeOpenAIServer:
@@ -99,20 +101,31 @@ class FakeOpenAIServer:
 
     # lifecycle
 
-    def start(self) -> FakeOpenAIServer:
+    def start(self, port: int = 0) -> FakeOpenAIServer:
+        """Listen on `port` (0: a free one); a stopped server starts again on its old port like a
+        restarted vLLM, keeping its script and recorded requests."""
+        self._state.stopping.clear()
         handler = type("Handler", (_Handler,), {"state": self._state})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop like a killed server: no new connections, and the open (keep-alive) ones cut."""
         self._state.stopping.set()  # releases hanging handlers
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        with self._state.lock:
+            connections, self._state.connections = list(self._state.connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -185,6 +198,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         return
+
+    def setup(self) -> None:
+        super().setup()
+        with self.state.lock:
+            self.state.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.state.lock:
+            self.state.connections.discard(self.connection)
+        super().finish()
 
     def do_GET(self) -> None:
         self._handle("GET")

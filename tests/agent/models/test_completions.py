@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from agent.models import health
 from agent.models.base import ContextExceededError, ModelError
 from agent.models.chat import ChatModel
 from agent.models.completions import CompletionsModel
 from agent.models.factory import make_model, parse_spec
-from agent.models.http import normalize_base_url
+from agent.models.http import ServerUnavailable, normalize_base_url
 from agent.models.replay import ReplayModel
 from agent.models.tokens import HeuristicTokenCounter
 from agent.protocol.render import Message, assistant_content, render_prompt
@@ -213,7 +215,7 @@ def test_two_failures_then_an_answer(server: FakeOpenAIServer) -> None:
 def test_persistent_5xx_gives_up_after_the_configured_attempts(server: FakeOpenAIServer) -> None:
     server.fail(10, status=503, message="engine dead")
     with pytest.raises(ModelError) as error:
-        CompletionsModel(server.url, attempts=3, **FAST).complete(CONVERSATION)
+        CompletionsModel(server.url, attempts=3, outage_s=0, **FAST).complete(CONVERSATION)  # no outage waiting
     assert str(error.value) == (
         f"model server at {server.url} failed with HTTP 503, 3 attempts: engine dead; check the server's log"
     )
@@ -249,7 +251,7 @@ def test_a_dropped_connection_is_retried_then_reported(server: FakeOpenAIServer)
     assert CompletionsModel(server.url, **FAST).complete(CONVERSATION).text == "after the drop"
     server.drop(5)
     with pytest.raises(ModelError, match=r"closed the connection without answering \(2 attempts\)"):
-        CompletionsModel(server.url, attempts=2, **FAST).complete(CONVERSATION)
+        CompletionsModel(server.url, attempts=2, outage_s=0, **FAST).complete(CONVERSATION)  # no outage waiting
 
 
 def test_dead_port_says_how_to_start_the_server() -> None:
@@ -349,3 +351,51 @@ def test_factory_builds_a_working_client(server: FakeOpenAIServer) -> None:
     assert not isinstance(model, ReplayModel)
     assert model.complete(CONVERSATION).text == "via factory"
     model.close()
+
+
+# -- outages: a server that answered, then went away -------------------------------------------------
+
+
+def test_a_server_that_goes_away_and_comes_back_is_waited_for(server: FakeOpenAIServer) -> None:
+    """Killed and restarted on its port mid-episode: the same request goes through once it is back,
+    whatever `attempts` says, and the outage is visible in agent.models.health while it lasts."""
+    server.reply("after the restart")
+    model = CompletionsModel(server.url, attempts=2, **FAST)
+    model.connect()  # it has answered once
+    port = server.port
+    server.stop()
+    seen_down: list[dict[str, float]] = []
+
+    def restart() -> None:
+        time.sleep(0.5)
+        seen_down.append(health.down_servers())
+        server.start(port=port)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    reply = model.complete(CONVERSATION)
+    thread.join()
+    assert reply.text == "after the restart"
+    assert model.api_base in seen_down[0]
+    assert model.api_base not in health.down_servers()
+    assert len(server.requests_to(COMPLETIONS)) == 1  # only the try that reached the restarted server
+
+
+def test_gone_statuses_are_waited_out_beyond_the_attempts(server: FakeOpenAIServer) -> None:
+    server.fail(4, status=503, message="restarting")
+    server.reply("served again")
+    model = CompletionsModel(server.url, attempts=2, **FAST)
+    assert model.complete(CONVERSATION).text == "served again"
+    assert len(server.requests_to(COMPLETIONS)) == 5
+
+
+def test_an_outage_past_its_bound_is_an_infrastructure_failure(server: FakeOpenAIServer) -> None:
+    model = CompletionsModel(server.url, outage_s=0.4, **FAST)
+    model.connect()
+    server.stop()
+    started = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=r"went away and did not come back within \d+ s \(outage bound "
+                       r"0.4 s\); restart it, then rerun with --resume"):
+        model.complete(CONVERSATION)
+    assert 0.4 <= time.monotonic() - started < 5
+    assert model.api_base in health.down_servers()
