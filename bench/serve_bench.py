@@ -246,9 +246,10 @@ def table(report: dict[str, Any]) -> str:
     if up.get("startup_s") is not None:
         rows.append(("start-up to serving", f"{up['startup_s']:.0f} s (from {up['measured_from']})"))
     single = report["single_stream"]
-    rows.append((f"single stream {single['prompt_tokens']}+{single['output_tokens']}",
-                 f"{single['decode_tps']:.1f} tok/s decode, TTFT {single['ttft_s'] * 1000:.0f} ms "
-                 f"(median of {len(single['runs'])})"))
+    if single:
+        rows.append((f"single stream {single['prompt_tokens']}+{single['output_tokens']}",
+                     f"{single['decode_tps']:.1f} tok/s decode, TTFT {single['ttft_s'] * 1000:.0f} ms "
+                     f"(median of {len(single['runs'])})"))
     limit = report["bandwidth"]
     if limit:
         rows.append(("bandwidth limit", f"{limit['limit_tps']:.1f} tok/s ({limit['hbm_tbps']} TB/s x {report['tp']}"
@@ -259,8 +260,8 @@ def table(report: dict[str, Any]) -> str:
                      f"{level['total_tps']:.0f} tok/s total, {level['per_session_decode_tps']:.1f} tok/s each, "
                      f"TTFT p50 {level['ttft_p50_s'] * 1000:.0f} ms{failed}"))
     cache = report["prefix_cache"]
-    new_tokens = cache["long_tokens"] - cache["prefix_tokens"]
-    rows += [
+    new_tokens = cache["long_tokens"] - cache["prefix_tokens"] if cache else 0
+    rows += [] if not cache else [
         (f"{cache['long_tokens']}-token prompt, cold", f"TTFT {cache['cold_ttft_s']:.3f} s"),
         (f"same, first {cache['prefix_tokens']} sent before",
          f"TTFT {cache['warm_ttft_s']:.3f} s (cached tokens {cache['warm_cached_tokens']})"),
@@ -294,7 +295,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-log", type=Path, help="vLLM's log (serve.sh writes /tmp/vllm.log)")
     parser.add_argument("--started-at", type=float, help="UNIX time the server was started (date +%%s)")
     parser.add_argument("--json", type=Path, help="write the full report here")
+    parser.add_argument("--sections", default="single,concurrency,prefix",
+                        help="which measurements to run (e.g. only `concurrency`, beside bench/agent_load.py)")
     args = parser.parse_args(argv)
+    args.sections = {part.strip() for part in args.sections.split(",") if part.strip()}
     if not 0 < args.prefix_tokens < args.long_tokens:
         parser.error("--prefix-tokens must be between 0 and --long-tokens")
     return args
@@ -311,21 +315,23 @@ def main(argv: list[str] | None = None) -> int:
                               "sampling": {"temperature": args.temperature, "top_p": args.top_p},
                               "seed": args.seed, "when": datetime.now().isoformat(timespec="seconds")}
     report["startup"] = startup(args.startup_log, args.started_at)
-    report["single_stream"] = single_stream(client, rng, args.prompt_tokens, args.output_tokens, args.repeats)
+    report["single_stream"] = report["bandwidth"] = report["prefix_cache"] = None
+    if "single" in args.sections:
+        report["single_stream"] = single_stream(client, rng, args.prompt_tokens, args.output_tokens, args.repeats)
     hbm = args.hbm_tbps or hbm_tbps_for(name)
-    report["bandwidth"] = None
-    if hbm:
+    if hbm and report["single_stream"]:
         limit = bandwidth_limit(hbm, args.tp, args.weights_gb)
         report["bandwidth"] = {"hbm_tbps": hbm, "weights_gb": args.weights_gb, "limit_tps": round(limit, 1),
                                "achieved_ratio": round(report["single_stream"]["decode_tps"] / limit, 3)}
-    levels = [int(n) for n in args.concurrency.split(",") if n.strip()]
+    levels = [int(n) for n in args.concurrency.split(",") if n.strip()] if "concurrency" in args.sections else []
     # One unmeasured round first: the first batched requests after start-up pay one-off costs (seen
     # on 2xH200: 16 sessions at 432 tok/s and 3.3 s TTFT when measured cold, before this warm-up).
     if levels:
         concurrent(client, rng, max(levels), 64, 16)
     report["concurrency"] = [concurrent(client, rng, n, args.prompt_tokens, args.output_tokens) for n in levels]
-    report["prefix_cache"] = prefix_cache(client, rng, args.long_tokens, args.prefix_tokens,
-                                          args.output_tokens, args.repeats)
+    if "prefix" in args.sections:
+        report["prefix_cache"] = prefix_cache(client, rng, args.long_tokens, args.prefix_tokens,
+                                              args.output_tokens, args.repeats)
     print(table(report), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

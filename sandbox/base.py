@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import BinaryIO, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,15 +23,26 @@ DEFAULT_OUTPUT_LIMIT_BYTES = 480_000
 DEFAULT_WORKDIR = "/testbed"
 
 
+# CWM's session limits (`cwm/rl/swerl/default_configs.py`: MEM_LIMIT, 12 GiB in KiB, for `ulimit -v` and
+# `ulimit -d`; THREAD_LIMIT for `ulimit -u`), set by the start-up script of every session.
+CWM_MEMORY_LIMIT_KIB = 12 * 1024 * 1024
+CWM_PROCESS_LIMIT = 65536
+
+
 class Limits(BaseModel):
-    """Resource limits applied to every sandbox (containers get them from the kernel's cgroups)."""
+    """Resource limits applied to every sandbox (containers get them from the kernel's cgroups).
+
+    The `ulimit_*` ones are CWM's and are set inside the session (None: not set). A sandbox whose own
+    hard limit is lower (bubblewrap derives them from `memory_bytes` and `pids`) keeps the lower one:
+    the start-up script cannot raise a hard limit, and its failed `ulimit` is not shown to anyone.
+    """
 
     memory_bytes: int = 4 * 1024**3
     cpus: float = 2.0
     pids: int = 1024
-    # `ulimit -v` (KiB) and `ulimit -u` set by the start-up script, as in CWM's evaluation sandbox.
-    ulimit_virtual_kib: int | None = None
-    ulimit_processes: int | None = None
+    ulimit_virtual_kib: int | None = CWM_MEMORY_LIMIT_KIB
+    ulimit_data_kib: int | None = CWM_MEMORY_LIMIT_KIB
+    ulimit_processes: int | None = CWM_PROCESS_LIMIT
 
 
 class SandboxConfig(BaseModel):
@@ -131,6 +145,23 @@ class Sandbox(ABC):
     def copy_in(self, host_path: Path, sandbox_dir: str) -> None:
         """Copy a host file or directory into `sandbox_dir` (created if missing)."""
 
+    def extract(self, archive: BinaryIO, sandbox_dir: str) -> None:
+        """Unpack the tar stream `archive` into `sandbox_dir` (created if missing), as the sandbox's root.
+
+        Backends override this to unpack in one pass (Docker: the daemon unpacks into the container;
+        bubblewrap: `tar` inside the sandbox reads a pipe). This fallback, for wrappers, spools the
+        stream to a host file, copies that in and unpacks it with the sandbox's `tar`."""
+        with tempfile.TemporaryDirectory(prefix="cwm-extract-") as scratch:
+            spool = Path(scratch) / "stream.tar"
+            with spool.open("wb") as handle:
+                shutil.copyfileobj(archive, handle, 1 << 20)
+            self.copy_in(spool, "/tmp/.cwm-extract")
+        dest = shlex.quote(self.resolve(sandbox_dir))
+        done = self.run(f"(mkdir -p -- {dest} && tar --no-same-owner -xf /tmp/.cwm-extract/stream.tar -C {dest}; "
+                        "rc=$?; rm -rf /tmp/.cwm-extract; exit $rc)", aside=True)
+        if done.exit_code != 0:
+            raise SandboxError(f"could not unpack into {sandbox_dir}: {done.output.strip()[-300:]}")
+
     @abstractmethod
     def copy_out(self, sandbox_path: str, host_dir: Path) -> None:
         """Copy a sandbox file or directory into the host directory `host_dir`."""
@@ -149,4 +180,12 @@ class Sandbox(ABC):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Close; a sandbox that cannot be removed now (its daemon is restarting) does not undo the work
+        done in it: the failure is logged, and the backend's own cleanup (at exit, or the reaper of the
+        next run) removes it later. An error of the block itself still goes up unchanged."""
+        try:
+            self.close()
+        except SandboxError as error:
+            import structlog
+
+            structlog.get_logger().warning("sandbox.close_failed", error=str(error))

@@ -76,7 +76,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -102,6 +102,7 @@ DATA_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 KILL_WAIT_S = 10.0
 INFO_WAIT_S = 30.0
 INTERNAL_TIMEOUT_S = 120.0
+EXTRACT_TIMEOUT_S = 1800.0  # a repository of gigabytes, unpacked by the sandbox's tar
 _OWNER_FILE = "owner.json"
 _LIMITS_SCRIPT = 'ulimit -H -S -u "$1" && ulimit -H -S -v "$2" && shift 2 && exec "$@"'
 _REQUIRED_OPTIONS = ("--args", "--info-fd", "--die-with-parent", "--cap-add", "--remount-ro", "--symlink")
@@ -770,6 +771,30 @@ class BwrapSandbox(Sandbox):
             if out is None or not out.endswith(b"O"):
                 raise SandboxError(f"copy into the sandbox failed: {(out or b'').decode(errors='replace')[:300]}")
 
+    def extract(self, archive: BinaryIO, sandbox_dir: str) -> None:
+        """Unpack a tar stream with `tar` inside the sandbox, fed through a FIFO in its /tmp: one pass, no
+        spool file, and extraction obeys the sandbox's view of links like copy_in."""
+        with self._lock:
+            session = self._check_open()
+            dest = shlex.quote(self.resolve(sandbox_dir))
+            with self._spool() as (name, dir_fd):
+                os.mkfifo(name, 0o600, dir_fd=dir_fd)
+                if os.geteuid() == 0:
+                    os.chown(name, self.host_uid, self.host_gid, dir_fd=dir_fd, follow_symlinks=False)
+                finished = threading.Event()
+                feeder = threading.Thread(target=_feed_fifo, args=(archive, name, dir_fd, finished), daemon=True)
+                feeder.start()
+                try:
+                    outcome = session.execute(_capped(
+                        f"command -p mkdir -p -- {dest} && command -p tar --no-same-owner -xf /tmp/{name} -C {dest}"
+                    ), timeout_s=max(EXTRACT_TIMEOUT_S, self.config.timeout_s), output_limit=4096, aside=True)
+                finally:
+                    finished.set()
+                    feeder.join()
+            out = outcome.output if outcome.ok else None
+            if out is None or not out.endswith(b"O"):
+                raise SandboxError(f"copy into the sandbox failed: {(out or b'').decode(errors='replace')[:300]}")
+
     def copy_out(self, sandbox_path: str, host_dir: Path) -> None:
         """Copy a sandbox file or tree out: packed by `tar` inside, unpacked here with a filter."""
         with self._lock:
@@ -826,6 +851,24 @@ def _capped(command: str) -> str:
         f"if __cwm_out=$({command} 2>&1); then builtin printf O; "
         "else builtin printf '%s' \"${__cwm_out: -1000}\"; fi; builtin unset __cwm_out"
     )
+
+
+def _feed_fifo(archive: BinaryIO, name: str, dir_fd: int, finished: threading.Event) -> None:
+    """Copy `archive` into the FIFO `name` once the sandbox's `tar` opens it; give up when `finished` is
+    set first (the command failed before opening it) or the reader goes away (EPIPE)."""
+    while True:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or finished.wait(0.01):
+                return
+    os.set_blocking(fd, True)
+    try:
+        with os.fdopen(fd, "wb") as fifo:
+            shutil.copyfileobj(archive, fifo, 1 << 20)
+    except BrokenPipeError:
+        pass
 
 
 def _safe_name(run_id: str) -> str:

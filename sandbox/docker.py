@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 import structlog
@@ -89,6 +89,21 @@ def connect() -> APIClient:
             "cannot reach the Docker daemon: start it (e.g. `sudo systemctl start docker`) or set "
             f"DOCKER_HOST, or use the bubblewrap backend ({exc})"
         ) from exc
+
+
+def daemon_answers(timeout_s: float = 5.0) -> bool:
+    """Does the Docker daemon (DOCKER_HOST's, as `connect`) answer a ping within `timeout_s`? For
+    callers waiting for it to come back: never raises, never waits on the long API timeout."""
+    try:
+        api = APIClient(version=_api_version or "auto", timeout=timeout_s, **kwargs_from_env())
+    except (DockerException, requests.exceptions.RequestException):
+        return False
+    try:
+        return bool(api.ping())
+    except (DockerException, requests.exceptions.RequestException):
+        return False
+    finally:
+        api.close()
 
 
 def _reap_once(api: APIClient) -> None:
@@ -212,8 +227,12 @@ class DockerShellHost:
     def kill_all(self) -> None:
         exit_code = self._run_kill_exec()
         # `kill -9 -1` exits 0, or 1 when nothing was left to kill; anything else means the exec
-        # itself could not run or never finished. Then restart the container (files are kept).
+        # itself could not run or never finished. Then restart the container (files are kept),
+        # unless it is no longer running: nothing inside can stop its PID 1, so the daemon did (it
+        # restarted, or was told to), and a session on a restarted container would hide that the
+        # episode's processes were lost. That is the sandbox dying, said as such.
         if exit_code not in (0, 1):
+            self._check_running()
             log.warning("sandbox.restarting_container", container=self._id[:12], exit_code=exit_code)
             try:
                 self._api.kill(self._id)
@@ -224,6 +243,18 @@ class DockerShellHost:
                 self._api.start(self._id)
             except APIError as exc:
                 raise SandboxError(f"the sandbox container could not be restarted: {exc.explanation or exc}") from exc
+
+    def _check_running(self) -> None:
+        """Raise SandboxError if the container stopped or the daemon is gone (requests raises raw)."""
+        try:
+            state = self._api.inspect_container(self._id).get("State") or {}
+        except NotFound as exc:
+            raise SandboxError(f"the sandbox container {self._id[:12]} is gone: {exc.explanation or exc}") from exc
+        except (APIError, requests.exceptions.RequestException) as exc:
+            raise SandboxError(f"lost the Docker daemon under sandbox {self._id[:12]}: {exc}") from exc
+        if not state.get("Running"):
+            raise SandboxError(f"the sandbox container {self._id[:12]} was stopped under its session (exit code "
+                               f"{state.get('ExitCode')}): was the Docker daemon restarted?")
 
     def _run_kill_exec(self) -> int | None:
         """Run `kill -9 -1` in the container; its exit code, or None if it did not run or finish.
@@ -242,7 +273,7 @@ class DockerShellHost:
                 if time.monotonic() > deadline:
                     return None
                 time.sleep(0.002)
-        except APIError as exc:
+        except (APIError, requests.exceptions.RequestException) as exc:  # the daemon itself may be gone
             log.warning("sandbox.kill_exec_failed", error=str(exc))
             return None
 
@@ -332,7 +363,8 @@ class DockerSandbox(Sandbox):
             )
         except ImageNotFound as exc:
             raise SandboxError(
-                f"sandbox image {cfg.image} not found: build it with `agent images build`"
+                f"sandbox image {cfg.image} not found on this machine: build it with `agent images build` (the "
+                "base image), or pull it (`agent images pull INSTANCES` for instance images)"
             ) from exc
         except APIError as exc:
             raise SandboxError(f"Docker could not create the sandbox: {exc.explanation or exc}") from exc
@@ -498,6 +530,20 @@ class DockerSandbox(Sandbox):
                     self._api.put_archive(self.container_id, dest, spool)
                 except APIError as exc:
                     raise SandboxError(f"copy into the sandbox failed: {exc.explanation or exc}") from exc
+
+    def extract(self, archive: BinaryIO, sandbox_dir: str) -> None:
+        """The daemon unpacks the stream straight into the container (chrooted there, so the archive's
+        links cannot lead out of it); nothing is spooled on the host."""
+        with self._lock:
+            self._check_open()
+            dest = self.resolve(sandbox_dir)
+            made = self._internal(f"command -p mkdir -p -- {shlex.quote(dest)} && builtin printf O", 4096)
+            if made != b"O":
+                raise SandboxError(f"cannot create {dest} in the sandbox: {made!r}")
+            try:
+                self._api.put_archive(self.container_id, dest, archive)
+            except APIError as exc:
+                raise SandboxError(f"copy into the sandbox failed: {exc.explanation or exc}") from exc
 
     def copy_out(self, sandbox_path: str, host_dir: Path) -> None:
         with self._lock:

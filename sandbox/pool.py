@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -102,11 +102,7 @@ class WarmPool:
             self._closed = True
             idle, self._idle = list(self._idle), deque()
             self._cond.notify_all()
-        for sandbox in idle:
-            try:
-                sandbox.close()
-            except Exception as exc:  # noqa: BLE001 - close the others all the same
-                log.warning("sandbox.pool_close_failed", error=str(exc))
+        close_each(idle, "sandbox.pool_close_failed")
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=60)
         lifecycle.unregister(self)
@@ -116,3 +112,12 @@ class WarmPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def close_each(sandboxes: Iterable[Sandbox], failure_event: str) -> None:
+    """Close every sandbox; one that fails to close is logged as `failure_event`, the others still close."""
+    for sandbox in sandboxes:
+        try:
+            sandbox.close()
+        except Exception as exc:  # noqa: BLE001 - close the others all the same
+            log.warning(failure_event, error=str(exc))

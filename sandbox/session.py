@@ -1,10 +1,11 @@
 """The persistent bash session of a sandbox, driven over any duplex byte channel.
 
 A backend only has to start `/bin/bash --noprofile --norc` with a byte channel to it (`ShellHost.
-open_shell`) and be able to kill every process of the sandbox (`ShellHost.kill_all`); everything that
-makes the session behave like CWM's harness lives here, so the Docker and bubblewrap backends behave
-identically. Per command we send (D = random per-session heredoc delimiter, A/B/C/Z = halves of the
-random per-session sentinel markers):
+open_shell`; the start-up script sources ~/.bashrc itself, where CWM's does) and be able to kill
+every process of the sandbox (`ShellHost.kill_all`); everything that makes the session behave like
+CWM's harness lives here, so the Docker and bubblewrap backends behave identically. Per command we
+send (D = random per-session heredoc delimiter, A/B/C/Z = halves of the random per-session sentinel
+markers):
 
     IFS= builtin read -r -d '' __cwm_cmd <<'D' || :
     <the command, byte for byte>
@@ -40,7 +41,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from sandbox.base import CommandResult, SandboxConfig, SandboxError
+from sandbox.base import CommandResult, Limits, SandboxConfig, SandboxError
 
 log = structlog.get_logger()
 
@@ -162,13 +163,39 @@ class RawOutcome:
         return not (self.timed_out or self.overflowed or self.session_died)
 
 
+# CWM exports en_US.UTF-8 (SWE-bench's images install every locale); an image without it (the project's
+# own base image) gets C.UTF-8, because naming a missing locale makes perl, bash and others warn on
+# every call instead of falling back quietly.
+LOCALE_SETUP = ("if locale -a 2>/dev/null | grep -qiE '^en_US\\.utf-?8$'; then __cwm_locale=en_US.UTF-8; "
+                'else __cwm_locale=C.UTF-8; fi; export LC_ALL="$__cwm_locale" LANG="$__cwm_locale"; '
+                "unset __cwm_locale")
+# The image's own environment (SWE-bench's images activate their conda env `testbed` only here); an
+# image without a ~/.bashrc starts the same, without it.
+BASHRC_SETUP = "if [ -f ~/.bashrc ]; then source ~/.bashrc; fi"
+
+
+def cwm_start_line(limits: Limits) -> str:
+    """CWM's `SESSION_START_SCRIPT_BASE` (`cwm/rl/swerl/default_configs.py`) as one line, as CWM writes it:
+    locale, `source ~/.bashrc`, `ulimit -v`, `-d`, `-u`. Joined with `;` rather than CWM's `&&`, so an
+    image without a ~/.bashrc or a sandbox whose hard limit is already lower still gets the rest.
+
+    One line on purpose: bash numbers the lines it reads over the whole session, and its error messages
+    show that number (`bash: eval: line 37: syntax error`), so the start-up script's line count is part
+    of what the model sees, and recordings made before this script existed replay only if it stays."""
+    parts = [LOCALE_SETUP, BASHRC_SETUP]
+    for flag, value in (("-v", limits.ulimit_virtual_kib), ("-d", limits.ulimit_data_kib),
+                        ("-u", limits.ulimit_processes)):
+        if value is not None:
+            parts.append(f"ulimit {flag} {int(value)}")
+    return "; ".join(parts)
+
+
 def startup_script(config: SandboxConfig) -> str:
-    """The start-up script run at every session start (protocol section 6)."""
-    lines = ["export LANG=C.UTF-8 LC_ALL=C.UTF-8"]
-    if config.limits.ulimit_virtual_kib is not None:
-        lines.append(f"ulimit -v {int(config.limits.ulimit_virtual_kib)}")
-    if config.limits.ulimit_processes is not None:
-        lines.append(f"ulimit -u {int(config.limits.ulimit_processes)}")
+    """The start-up script run at every session start, before the model's first command and never shown
+    to it: CWM's start line (`cwm_start_line`), then the sandbox's own variables and extra lines, then
+    `cd` to the workdir as CWM's backend appends it (protocol section 6). The trajectory header records
+    this text (`Header.start_script`)."""
+    lines = [cwm_start_line(config.limits)]
     for name, value in config.env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise SandboxError(f"invalid environment variable name {name!r}: use letters, digits and _")
@@ -382,16 +409,9 @@ def overwrite_succeeded(target: str, out: bytes | None) -> bool:
     return out is not None and out.endswith(b"O")
 
 
-def prune_git_history_script(repo: str) -> str:
-    """Bash that removes every ref, remote, stash, reflog entry and object not reachable from HEAD.
-
-    Protocol section 6: the model must not be able to read the fix from the repository's future.
-    Refs whose commits are ancestors of HEAD (e.g. release tags, which setuptools-scm and
-    `git describe` need) are kept; everything else goes, then reflogs are expired and unreachable
-    objects pruned. Runs in a subshell so `set -e` and `cd` do not leak into the session.
-    """
-    return f"""(
-set -eu
+def _prune_refs_lines(repo: str) -> str:
+    """The ref half of `prune_git_history_script`: every step but the final repack."""
+    return f"""set -eu
 cd -- {shlex.quote(repo)}
 git rev-parse --verify -q HEAD >/dev/null
 for remote in $(git remote); do git remote remove "$remote"; done
@@ -399,9 +419,43 @@ keep=$(git for-each-ref --merged HEAD --format='%(refname)')
 git for-each-ref --format='%(refname)' | while IFS= read -r ref; do
   case $'\\n'"$keep"$'\\n' in *$'\\n'"$ref"$'\\n'*) ;; *) printf 'delete %s\\n' "$ref" ;; esac
 done | git update-ref --no-deref --stdin
+for branch in $(git for-each-ref --format='%(refname:short)' refs/heads); do
+  git branch --unset-upstream "$branch" 2>/dev/null || :
+done
 gitdir=$(git rev-parse --git-dir)
 rm -f -- "$gitdir"/FETCH_HEAD "$gitdir"/ORIG_HEAD "$gitdir"/MERGE_HEAD "$gitdir"/CHERRY_PICK_HEAD "$gitdir"/REVERT_HEAD
 git worktree prune
-git reflog expire --expire=now --expire-unreachable=now --all
-git -c gc.cruftPacks=false -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now gc --quiet --prune=now
+git reflog expire --expire=now --expire-unreachable=now --all"""
+
+
+def prune_refs_script(repo: str) -> str:
+    """Bash that does everything `prune_git_history_script` does except repacking: remotes, refs that are
+    not ancestors of HEAD, upstreams, stray heads and reflogs go; the objects stay.
+
+    agent.episode.checkout runs it on the host, on a clone that borrows the source's objects, and then
+    packs only what HEAD and the kept refs reach itself (a repack that also takes the borrowed objects,
+    which `git gc` would leave behind)."""
+    return f"(\n{_prune_refs_lines(repo)}\n)"
+
+
+def prune_git_history_script(repo: str) -> str:
+    """Bash that removes every ref, remote, upstream, stash, reflog entry and object not reachable from HEAD.
+
+    Protocol section 6: the model must not be able to read the fix from the repository's future. The
+    steps are those of CWM's `retain_only_current_branch_ancestor_commits` (`cwm/rl/swerl/common.py`:
+    remove the remotes, delete the other refs, unset the upstream, expire the reflog, gc with
+    prune=now), except that refs whose commits are ancestors of HEAD (e.g. release tags, which
+    setuptools-scm and `git describe` need) are kept, as the contract says. Only the object store
+    changes: the working tree, untracked and ignored files included, is left as it is. Runs in a
+    subshell so `set -e` and `cd` do not leak into the session.
+
+    The repack reuses the packed objects as they are and searches no new deltas (`pack.window=0`): the
+    sandbox's copy of the history only has to lose its future, not get smaller, and a delta search over
+    large files costs tens of seconds (bench/official_image_bench.py) where copying the pack costs
+    seconds.
+    """
+    return f"""(
+{_prune_refs_lines(repo)}
+git -c gc.cruftPacks=false -c gc.reflogExpire=now -c gc.reflogExpireUnreachable=now -c pack.window=0 \\
+  -c gc.writeCommitGraph=false gc --quiet --prune=now
 )"""

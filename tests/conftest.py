@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,3 +35,33 @@ def driver() -> Iterator[Any]:
     browser = make_driver()
     yield browser
     browser.quit()
+
+
+@pytest.fixture(scope="session")
+def local_registry() -> Iterator[Any]:
+    """A real registry on 127.0.0.1 (Debian's docker-registry), started once per test session."""
+    from tests.local_registry import BINARY, LocalRegistry
+
+    if shutil.which(BINARY) is None:
+        pytest.skip(f"{BINARY} is not installed (apt-get install docker-registry): no local registry to pull from")
+    registry = LocalRegistry().start()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
+    """A fresh local repository per test (tests/repo_states.py), so no earlier test made its repository
+    image; every image made from it (tagged or left untagged) is removed afterwards."""
+    import docker
+
+    from tests.repo_states import make_repository
+
+    made = make_repository(tmp_path)
+    yield made
+    client = docker.from_env()
+    try:
+        for image in client.images.list(all=True, filters={"label": f"cwm-runner.repo.source={made[0]}"}):
+            client.images.remove(image.id, force=True)
+    finally:
+        client.close()

@@ -12,13 +12,20 @@ an episode or a grader can tell:
   `/opt/miniconda3/etc/profile.d/conda.sh` and `conda activate testbed` (also `source
   /opt/miniconda3/bin/activate`, as the official eval scripts do). conda itself cannot be installed
   offline: `conda` here is a shell function that activates a Python venv of that name and sets
-  `CONDA_DEFAULT_ENV`, which is all a session or an eval script uses of it.
+  `CONDA_DEFAULT_ENV`, which is all a session or an eval script uses of it. The environment's `pytest`
+  runs the environment's Python (`python -m pytest`), as a conda environment's own pytest would.
+
+Like the official images (whose base installs `locales-all`), an image can carry the en_US.UTF-8 locale
+that CWM's start-up script selects (`locale=True`): it is compiled on the host with `localedef` (same
+Debian glibc as the base image) and copied in; `host_can_compile_locale()` says whether this host can.
 
 Tests build the repository with `make_repository`, then the image with `build_official_image`.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import tempfile
 import textwrap
@@ -46,11 +53,14 @@ CONDA_SH = textwrap.dedent("""\
 DOCKERFILE = textwrap.dedent("""\
     FROM {base}
     COPY testbed /testbed
+    {locale}
     COPY conda.sh /opt/miniconda3/etc/profile.d/conda.sh
     RUN set -eu; \\
         mkdir -p /opt/miniconda3/bin; python3 -m venv --system-site-packages /opt/miniconda3/envs/testbed; \\
         printf '. /opt/miniconda3/etc/profile.d/conda.sh\\nconda activate base\\n' > /opt/miniconda3/bin/activate; \\
         echo 'source /opt/miniconda3/etc/profile.d/conda.sh && conda activate testbed' > /root/.bashrc; \\
+        printf '#!/bin/sh\\nexec python -m pytest "$@"\\n' > /opt/miniconda3/envs/testbed/bin/pytest; \\
+        chmod +x /opt/miniconda3/envs/testbed/bin/pytest; \\
         {install}
     WORKDIR /testbed
     """)
@@ -69,12 +79,19 @@ def git(repo: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
-def make_repository(root: Path, package: str = "calc") -> tuple[Path, str, str]:
+def make_repository(root: Path, package: str = "calc", bulk_bytes: int = 0) -> tuple[Path, str, str]:
     """A small package whose import needs its install-generated `_version.py`, with a failing test at
-    the base commit and the fix in a later commit. Returns (repository, base commit, fix commit)."""
+    the base commit and the fix in a later commit. Returns (repository, base commit, fix commit).
+
+    `bulk_bytes` adds that much incompressible data in 1 MiB files under `data/`, committed with the
+    base (a large repository: its working tree and its history both hold it)."""
     repo = root / "upstream"
     (repo / package).mkdir(parents=True)
     (repo / "tests").mkdir()
+    if bulk_bytes > 0:
+        (repo / "data").mkdir()
+        for index in range(0, bulk_bytes, 1 << 20):
+            (repo / "data" / f"blob{index >> 20:05d}.bin").write_bytes(os.urandom(min(1 << 20, bulk_bytes - index)))
     (repo / ".gitignore").write_text(f"{package}/_version.py\n__pycache__/\n")
     (repo / package / "__init__.py").write_text(
         f"from {package}._version import version as __version__\n\n\ndef add(a, b):\n    return a - b\n")
@@ -92,14 +109,28 @@ def make_repository(root: Path, package: str = "calc") -> tuple[Path, str, str]:
     return repo, base, fix
 
 
+def host_can_compile_locale() -> bool:
+    return shutil.which("localedef") is not None and Path("/usr/share/i18n/locales/en_US").is_file()
+
+
+def _compile_locale(target: Path) -> None:
+    """en_US.UTF-8 compiled into `target/en_US.UTF-8` (the layout of /usr/lib/locale)."""
+    subprocess.run(["localedef", "-i", "en_US", "-f", "UTF-8", str(target / "en_US.UTF-8")], check=True,
+                   capture_output=True)
+
+
 def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, package: str = "calc",
-                         remote: bool = True, install: str = "true") -> str:
+                         remote: bool = True, install: str = "true", locale: bool = False) -> str:
     """Build `tag`: /testbed a clone of `repo` reset to `commit` with later history still reachable from
-    the reflog, the untracked `_version.py`, and the bashrc-only `testbed` environment."""
+    the reflog, the untracked `_version.py`, and the bashrc-only `testbed` environment (`install` runs
+    last, in the image, e.g. to edit tracked files as some official install steps do)."""
     with tempfile.TemporaryDirectory(prefix="cwm-official-") as scratch:
         context = Path(scratch)
+        if locale:  # (an empty COPY would leave an empty layer, which fuse-overlayfs builds trip over)
+            (context / "locale").mkdir()
+            _compile_locale(context / "locale")
         testbed = context / "testbed"
-        subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(testbed)], check=True)
+        subprocess.run(["git", "clone", "-q", "--no-local", str(repo), str(testbed)], check=True)  # a pack, as from GitHub
         git(testbed, "reset", "-q", "--hard", commit)
         if remote:
             git(testbed, "remote", "set-url", "origin", "https://github.com/example/calc.git")
@@ -107,10 +138,24 @@ def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, 
             git(testbed, "remote", "remove", "origin")
         (testbed / package / "_version.py").write_text("version = '1.0'\n")
         (context / "conda.sh").write_text(CONDA_SH)
-        (context / "Dockerfile").write_text(DOCKERFILE.format(base=base_image, install=install))
+        (context / "Dockerfile").write_text(DOCKERFILE.format(
+            base=base_image, install=install, locale="COPY locale /usr/lib/locale/" if locale else ""))
         client = docker.from_env(timeout=600)
         try:
             client.images.build(path=str(context), tag=tag, rm=True, forcerm=True)
+        finally:
+            client.close()
+    return tag
+
+
+def build_from(base_image: str, tag: str, *run: str) -> str:
+    """A small image: `base_image` plus one RUN line per command (for start-up and pull tests)."""
+    with tempfile.TemporaryDirectory(prefix="cwm-image-") as context:
+        lines = [f"FROM {base_image}", *(f"RUN {command}" for command in run)]
+        (Path(context) / "Dockerfile").write_text("\n".join(lines) + "\n")
+        client = docker.from_env(timeout=600)
+        try:
+            client.images.build(path=context, tag=tag, rm=True, forcerm=True)
         finally:
             client.close()
     return tag
@@ -126,4 +171,5 @@ def remove_image(tag: str) -> None:
         client.close()
 
 
-__all__ = ["OFFICIAL_PREFIX", "build_official_image", "make_repository", "official_image_name", "remove_image"]
+__all__ = ["OFFICIAL_PREFIX", "build_from", "build_official_image", "host_can_compile_locale", "make_repository",
+           "official_image_name", "remove_image"]

@@ -53,6 +53,16 @@ class Header(BaseModel):
     image_source: str = Field("", description="bwrap: the Docker image the root filesystem was exported from")
     sandbox_backend: str = "docker"
     workdir: str = "/testbed"
+    start_script: str = Field("", description="the shell run at every session start, before the first command and "
+                              "never shown to the model (sandbox.session.startup_script); empty in older files")
+    repo_in_image: bool = Field(False, description="the repository was the image's own /testbed (not copied in)")
+    repo_from: Literal["", "image-cache", "image-build", "copy", "image"] = Field(
+        "", description="how the repository got to `workdir`: image-cache (started from an existing repository "
+        "image, nothing copied), image-build (copied once into a new repository image, started from it), copy "
+        "(copied into the sandbox), image (the image's own repository); empty in older files")
+    repo_prepare_s: float | None = Field(None, description="seconds spent getting the repository to `workdir` "
+                                         "(host work, copy or image, placement), the sandbox's start not counted")
+    repo_image: str = Field("", description="the repository image the sandbox started from (image-cache, image-build)")
     model: ModelInfo
     protocol: ProtocolSettings = Field(default_factory=ProtocolSettings)
     runner_version: str = ""
@@ -108,7 +118,7 @@ class Evaluation(BaseModel):
     resolved: bool
     empty_patch: bool = False
     patch_applied: bool | None = Field(None, description="None: not recorded (older trajectories)")
-    apply_method: str | None = Field(None, description="'git apply' or 'patch' (the fallback)")
+    apply_method: str | None = Field(None, description="the command of the official apply chain that applied it")
     error: str | None = Field(None, description="the harness failed (not the patch): why")
     fail_to_pass: dict[str, bool] = Field(default_factory=dict)
     pass_to_pass: dict[str, bool] = Field(default_factory=dict)

@@ -19,13 +19,14 @@ that node's Docker daemon; results stream back with ray.wait as tasks finish.
 from __future__ import annotations
 
 import importlib
+import itertools
 import queue
 import shutil
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,11 @@ import structlog
 from pydantic import BaseModel, Field
 
 from agent.batch.status_log import EpisodeSummary
+from agent.batch.tracing import TraceArchive, TraceTests, pack_traces, solve_fields
+from agent.batch.warm import LookaheadPools
+from agent.episode.failures import Failure, classify
 from agent.episode.loop import LoopConfig
+from agent.instances.images import ImageOptions
 from agent.instances.records import Instance
 from agent.logs import configure_logging
 from sandbox.base import DEFAULT_TIMEOUT_S
@@ -57,12 +62,14 @@ class EpisodeJob(BaseModel):
     run_id: str
     model_spec: str
     model_options: dict[str, Any] = Field(default_factory=dict)
-    image: str | None = Field(default=None, description="None: the project's base image, built if missing")
+    image: str | None = Field(default=None, description="None: the instance's own image (`image_for`)")
+    images: ImageOptions = Field(default_factory=ImageOptions, description="where official images come from")
     loop: LoopConfig = Field(default_factory=LoopConfig)
     sandbox_timeout_s: float = DEFAULT_TIMEOUT_S
     evaluate: bool = False
     grader: str = Field(default=DEFAULT_GRADER, description="module:function grading a patch")
     live_dir: str | None = Field(default=None, description="where solve writes as it goes; None: a temp dir")
+    trace_tests: TraceTests | None = Field(default=None, description="agent batch --trace-tests (agent.batch.tracing)")
 
     @property
     def key(self) -> tuple[str, int]:
@@ -78,23 +85,35 @@ class EpisodeOutcome(BaseModel):
     slot: int = 0
     ok: bool
     error: str | None = None
-    retryable: bool = Field(default=False, description="infrastructure failure (sandbox, lost worker)")
+    failure: Failure | None = Field(default=None, description="whose failure an error was (agent.episode.failures): "
+                                    "infra ones are retried, and never graded")
     trajectory: str | None = None
     patch: str | None = None
     sandbox_diff: str | None = None
+    traces: TraceArchive | None = Field(default=None, description="the sample's test traces, for the driver to write")
     summary: EpisodeSummary = Field(default_factory=EpisodeSummary)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.instance_id, self.sample)
 
+    @property
+    def retryable(self) -> bool:
+        """An infrastructure failure: the same episode can succeed once the infrastructure is back."""
+        return not self.ok and self.failure is not None and self.failure.kind == "infra"
+
 
 # -- one episode ------------------------------------------------------------------------------------
 
 
-def image_for(instance: Instance) -> str:
-    """The environment image of an instance (agent.instances.envs: per repository and version, built
-    once per machine)."""
+def image_for(instance: Instance, options: ImageOptions | None = None) -> str:
+    """The image an instance runs in: its official image, pulled first if missing, when that image carries
+    the repository (agent.instances.images); else its environment image (agent.instances.envs: per
+    repository and version, built once per machine)."""
+    from agent.instances.images import ensure_official_image, repo_in_image
+
+    if repo_in_image(instance):
+        return ensure_official_image(instance, options)
     from agent.instances.envs import image_for as env_image
 
     return env_image(instance)
@@ -143,22 +162,35 @@ class GradingError(RuntimeError):
     """The episode ran but its patch could not be graded."""
 
 
+def solve_request(job: EpisodeJob, output: Path) -> Any:
+    """The episode's agent.episode.solve.SolveRequest, its image found, built or pulled first."""
+    from agent.episode.solve import SolveRequest
+    from agent.instances.images import repo_in_image
+    from agent.instances.sources import repo_source
+    from sandbox.base import SandboxConfig
+
+    instance = job.instance
+    in_image = job.image is None and repo_in_image(instance)  # --image: one image, the repository copied in
+    image = job.image or image_for(instance, job.images)
+    return SolveRequest(
+        repo=instance.repo if in_image else repo_source(instance), repo_in_image=in_image,
+        commit=instance.base_commit or None, issue=instance.problem_statement,
+        image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
+        sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
+        **solve_fields(job.trace_tests, instance),
+    )
+
+
 def _episode(job: EpisodeJob, output: Path, on_step: StepCallback | None, started: float,
              open_sandbox: SandboxFactory | None) -> EpisodeOutcome:
     """Solve, then grade if asked; raises on any failure (run_job turns it into an error outcome)."""
-    from agent.episode.solve import SolveRequest, solve
-    from agent.instances.sources import repo_source
+    from agent.episode.solve import solve
     from agent.models.factory import make_model
-    from sandbox.base import SandboxConfig
     from sandbox.docker import DockerSandbox
 
     instance = job.instance
-    image = job.image or image_for(instance)
-    request = SolveRequest(
-        repo=repo_source(instance), commit=instance.base_commit or None, issue=instance.problem_statement,
-        image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
-        sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
-    )
+    request = solve_request(job, output)
+    image = request.image
     names: list[str] = []
 
     def make() -> Any:
@@ -169,6 +201,7 @@ def _episode(job: EpisodeJob, output: Path, on_step: StepCallback | None, starte
     step = (lambda s: on_step(job.slot, s.index)) if on_step is not None else None
     result = solve(request, make, open_sandbox or DockerSandbox, on_step=step)
     trajectory = result.trajectory.read_text(encoding="utf-8")
+    trajectory, traces = pack_traces(job.trace_tests, instance, job.sample, output, trajectory)
     summary = _summarise(result.trajectory, result.ending, time.monotonic() - started, names[0])
     patch = result.ending.submission
     if job.evaluate and patch:
@@ -179,7 +212,7 @@ def _episode(job: EpisodeJob, output: Path, on_step: StepCallback | None, starte
         trajectory = _with_evaluation(trajectory, summary.evaluation)
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return EpisodeOutcome(instance_id=instance.instance_id, sample=job.sample, attempt=job.attempt, slot=job.slot,
-                          ok=True, trajectory=trajectory, patch=patch,
+                          ok=True, trajectory=trajectory, patch=patch, traces=traces,
                           sandbox_diff=result.sandbox_diff.read_text(encoding="utf-8"), summary=summary)
 
 
@@ -187,8 +220,6 @@ def run_job(job: EpisodeJob, on_step: StepCallback | None = None,
             open_sandbox: SandboxFactory | None = None) -> EpisodeOutcome:
     """Run one episode end to end (agent.episode.solve), grading it if asked. Never raises: a failure becomes
     an error outcome carrying the one-line reason and whatever trajectory was recorded."""
-    from sandbox.base import SandboxError
-
     started = time.monotonic()
     temporary = job.live_dir is None
     output = Path(tempfile.mkdtemp(prefix="cwm-episode-")) if temporary else Path(job.live_dir or "")
@@ -196,13 +227,15 @@ def run_job(job: EpisodeJob, on_step: StepCallback | None = None,
         return _episode(job, output, on_step, started, open_sandbox)
     except Exception as error:  # noqa: BLE001 - every failure becomes this episode's error
         message = str(error) if isinstance(error, GradingError) else one_line(error)
-        log.info("batch.episode_error", instance=job.instance.instance_id, sample=job.sample, error=message)
+        failure = classify(error)
+        log.info("batch.episode_error", instance=job.instance.instance_id, sample=job.sample, error=message,
+                 kind=failure.kind, cause=failure.cause)
         found = next(output.rglob("*.traj.jsonl"), None)
         summary = _summarise(found, None, time.monotonic() - started, "") if found is not None else EpisodeSummary(
             elapsed_s=round(time.monotonic() - started, 3), node=socket.gethostname())
         return EpisodeOutcome(
             instance_id=job.instance.instance_id, sample=job.sample, attempt=job.attempt, slot=job.slot, ok=False,
-            error=message, retryable=isinstance(error, SandboxError),
+            error=message, failure=failure,
             trajectory=found.read_text(encoding="utf-8") if found is not None else None, summary=summary,
         )
     finally:
@@ -227,45 +260,23 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class _WarmPools:
-    """Warm sandboxes (sandbox.pool) per sandbox config, so an episode skips the container start.
+def warm_config(job: EpisodeJob) -> Any:
+    """The sandbox config `job`'s episode will ask for, its images made first (agent.batch.warm)."""
+    from agent.episode.solve import warm_config as config_of
 
-    solve() asks for a sandbox with the config it derived from the job; a pool whose config is that
-    one hands over a started sandbox, anything else gets a fresh one. One pool per distinct config
-    (in practice: per image), each keeping `size` ready.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._pools: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def open(self, config: Any) -> Any:
-        from sandbox.pool import WarmPool
-
-        key = config.model_dump_json()
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                pool = self._pools[key] = WarmPool(config, size=self._size)
-        return pool.acquire()
-
-    def close(self) -> None:
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
+    return config_of(solve_request(job, Path(tempfile.gettempdir())))
 
 
 class LocalExecutor:
-    """`workers` daemon threads, each running one episode at a time; `warm` ready sandboxes per image."""
+    """`workers` daemon threads, each running one episode at a time; with `warm`, the sandboxes of the next
+    `warm` episodes started ahead (agent.batch.warm)."""
 
     def __init__(self, workers: int, on_step: StepCallback | None = None, warm: int = 0) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
         self._on_step = on_step
-        self._warm = _WarmPools(warm) if warm > 0 else None
+        self._warm = LookaheadPools(warm, warm_config) if warm > 0 else None
         self._jobs: queue.SimpleQueue[EpisodeJob | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[EpisodeOutcome] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"cwm-batch-{n}", daemon=True)
@@ -280,13 +291,23 @@ class LocalExecutor:
                 return
             try:
                 outcome = run_job(job, self._on_step, self._warm.open if self._warm else None)
+                if self._warm is not None:
+                    self._warm.finished(job)
             except BaseException as error:  # noqa: BLE001 - a worker must always answer
                 outcome = EpisodeOutcome(instance_id=job.instance.instance_id, sample=job.sample,
-                                         attempt=job.attempt, slot=job.slot, ok=False, error=one_line(error))
+                                         attempt=job.attempt, slot=job.slot, ok=False, error=one_line(error),
+                                         failure=classify(error))
             self._results.put(outcome)
 
     def submit(self, job: EpisodeJob) -> None:
+        if self._warm is not None:
+            self._warm.handed(job)
         self._jobs.put(job)
+
+    def upcoming(self, jobs: Iterable[EpisodeJob]) -> None:
+        """The jobs the driver will submit next, in order: the first `warm` get their sandboxes started."""
+        if self._warm is not None:
+            self._warm.plan(list(itertools.islice(jobs, self._warm.size)))
 
     def wait(self, timeout: float) -> list[EpisodeOutcome]:
         try:
@@ -380,7 +401,8 @@ class RayExecutor:
             except Exception as error:  # noqa: BLE001 - the task or its node died
                 outcomes.append(EpisodeOutcome(instance_id=job.instance.instance_id, sample=job.sample,
                                                attempt=job.attempt, slot=job.slot, ok=False,
-                                               error=f"Ray task failed: {one_line(error)}", retryable=True))
+                                               error=f"Ray task failed: {one_line(error)}",
+                                               failure=Failure(kind="infra", cause="worker")))
         self._drain_steps()
         return outcomes
 

@@ -6,6 +6,10 @@ so far (when grading) and an ETA. When stderr is not a terminal (CI, `| tee`, no
 only fill the log with control codes, so each finished episode becomes one plain line instead, with
 the same counts and ETA.
 
+Errors are counted by kind (agent.episode.failures): an infrastructure error that the driver retries at
+once is shown but not counted as finished. While the model server or the Docker daemon is down
+(agent.batch.outages), both displays say which, since when, and that new episodes wait for it.
+
 Worker threads call `step`; the driver thread calls everything else. Both implementations lock.
 """
 
@@ -20,6 +24,7 @@ from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 
 class BatchProgress(Protocol):
@@ -30,7 +35,11 @@ class BatchProgress(Protocol):
     def step(self, slot: int, index: int) -> None: ...
 
     def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
-                 resolved: bool | None) -> None: ...
+                 resolved: bool | None, kind: str | None = None, retry: bool = False) -> None: ...
+
+    def outage(self, resource: str, since: float | None) -> None:
+        """`resource` is down since `since` (epoch seconds), or back (None)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -48,7 +57,7 @@ class _Counts:
     """Shared bookkeeping: totals, this session's pace and the ETA it implies."""
 
     def __init__(self) -> None:
-        self.total = self.finished = self.errored = self.resolved = 0
+        self.total = self.finished = self.errored = self.resolved = self.infra = 0
         self.workers = 1
         self.evaluating = False
         self.session_finished = 0
@@ -59,10 +68,11 @@ class _Counts:
         self.workers, self.evaluating = workers, evaluating
         self.session_started = time.monotonic()
 
-    def record(self, ok: bool, resolved: bool | None) -> None:
+    def record(self, ok: bool, resolved: bool | None, kind: str | None = None) -> None:
         self.finished += 1
         self.session_finished += 1
         self.errored += 0 if ok else 1
+        self.infra += 1 if not ok and kind == "infra" else 0
         self.resolved += 1 if resolved else 0
 
     def eta_s(self) -> float | None:
@@ -73,6 +83,8 @@ class _Counts:
 
     def stats(self) -> str:
         text = f"done {self.finished - self.errored}  errored {self.errored}"
+        if self.infra:
+            text += f" ({self.infra} infrastructure)"
         if self.evaluating:
             text += f"  resolved {self.resolved}"
         return text
@@ -113,17 +125,26 @@ class LogProgress:
                 self._print(f"  {current.instance_id} #{current.sample} step {index}")
 
     def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
-                 resolved: bool | None) -> None:
+                 resolved: bool | None, kind: str | None = None, retry: bool = False) -> None:
         with self._lock:
             current = self._slots.pop(slot, None)
             took = time.monotonic() - current.started if current else 0.0
             counts = self._counts
-            counts.record(ok, resolved)
+            width = len(str(counts.total))
+            label = "done " if ok else ("INFRA" if kind == "infra" else "ERROR")
+            if retry:
+                self._print(f"[{'':>{width}} {'':>{width}}] {label} {instance_id} #{sample}  {detail}  {took:.1f}s  "
+                            "(retried)")
+                return
+            counts.record(ok, resolved, kind)
             eta = counts.eta_s()
             eta_text = f"  eta {_clock(eta)}" if eta is not None and counts.finished < counts.total else ""
-            width = len(str(counts.total))
-            self._print(f"[{counts.finished:>{width}}/{counts.total}] {'done ' if ok else 'ERROR'} {instance_id} "
+            self._print(f"[{counts.finished:>{width}}/{counts.total}] {label} {instance_id} "
                         f"#{sample}  {detail}  {took:.1f}s  ({counts.stats()}{eta_text})")
+
+    def outage(self, resource: str, since: float | None) -> None:
+        with self._lock:
+            self._print(outage_line(resource, since))
 
     def close(self) -> None:
         pass
@@ -144,6 +165,7 @@ class LiveProgress:
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
         )
         self._task = self._bar.add_task("batch", total=1, stats="")
+        self._outages: dict[str, float] = {}
         self._live = Live(self, console=console, refresh_per_second=4, transient=False)
         self._live_started = False
 
@@ -160,7 +182,9 @@ class LiveProgress:
                 table.add_row(f"w{slot}", f"{current.instance_id} #{current.sample}{again}",
                               f"step {current.step}", _clock(now - current.started))
             self._bar.update(self._task, stats=self._counts.stats())
-        return Group(table, self._bar)
+            down = [Text(f"{outage_line(r, since)} ({_clock(time.time() - since)})", style="bold red")
+                    for r, since in sorted(self._outages.items())]
+        return Group(table, self._bar, *down)
 
     def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
         with self._lock:
@@ -182,19 +206,38 @@ class LiveProgress:
                 current.step = index
 
     def finished(self, slot: int, instance_id: str, sample: int, ok: bool, detail: str,
-                 resolved: bool | None) -> None:
+                 resolved: bool | None, kind: str | None = None, retry: bool = False) -> None:
         with self._lock:
             self._slots[slot] = None
-            self._counts.record(ok, resolved)
-            self._bar.advance(self._task)
+            if not retry:
+                self._counts.record(ok, resolved, kind)
+                self._bar.advance(self._task)
         if not ok:
-            self._live.console.print(f"[red]error[/] {escape(instance_id)} #{sample}: {escape(detail)}",
-                                     highlight=False, soft_wrap=True)
+            what = "infrastructure error" if kind == "infra" else "error"
+            self._live.console.print(f"[red]{what}[/] {escape(instance_id)} #{sample}: {escape(detail)}"
+                                     + (" (retried)" if retry else ""), highlight=False, soft_wrap=True)
+
+    def outage(self, resource: str, since: float | None) -> None:
+        with self._lock:
+            if since is None:
+                self._outages.pop(resource, None)
+            else:
+                self._outages[resource] = since
+        if since is None:
+            self._live.console.print(outage_line(resource, None), highlight=False, soft_wrap=True, markup=False)
 
     def close(self) -> None:
         if self._live_started:
             self._live.stop()
             self._live_started = False
+
+
+def outage_line(resource: str, since: float | None) -> str:
+    """What both displays say about an outage: its start (UTC, as the status log's times), or its end."""
+    if since is None:
+        return f"{resource} is back: episodes continue"
+    at = time.strftime("%H:%M:%S", time.gmtime(since))
+    return f"{resource} down since {at} UTC: new episodes wait for it"
 
 
 def _clock(seconds: float | None) -> str:

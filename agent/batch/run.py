@@ -10,24 +10,29 @@ Resume semantics (`--resume`):
 - done samples are never run again; their files and outcome are kept;
 - samples that were running when the runner died are rerun from scratch as a new attempt; the partial
   trajectory of the dead attempt is kept aside as <k>.attempt<a>.partial.jsonl;
-- errored samples are kept as errors unless `--redo-errors` is given: an error is usually
-  deterministic (a repository that cannot be prepared, a model that rejects the request), and
-  rerunning it silently would cost model time on every resume. Infrastructure failures (the sandbox
-  or a Ray worker died) are retried within the run instead, up to `max_attempts` in all;
+- errors have a kind (agent.episode.failures). Infrastructure errors (the sandbox or the Docker
+  daemon died, the model server stayed away past its bound, a Ray worker was lost, the disk filled)
+  are retried within the run, up to `max_attempts` per session, and every resume redoes those still
+  errored; they are never graded and never enter a vote. Model and episode errors are kept unless
+  `--redo-errors` is given: they are usually deterministic (a repository that cannot be prepared, a
+  model that rejects the request), and rerunning them silently would cost model time on every resume;
+- while the model server or the Docker daemon is down, no episode is handed out: the batch waits for
+  it (agent.batch.outages) up to `outage_s`, then stops; a full disk stops it at once. A stopped run
+  keeps everything finished, says what to do in one line, and `--resume` continues it;
 - containers left by the dead runner are removed at start (sandbox.reaper);
 - the instances and the result-relevant settings must be those of the run (workers, executor and
   Ray address may change).
 
 Without `--resume`, a non-empty output directory is refused, so a run is never mixed into another.
-Exit status: 0 when every sample is done, 1 when some errored (or the run was interrupted), 2 for
-usage errors (the command line's one-line refusals).
+Exit status: 0 when every sample is done, 1 when some errored (or the run stopped or was
+interrupted), 2 for usage errors (the command line's one-line refusals).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -36,9 +41,15 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.batch.executors import DEFAULT_GRADER
+from agent.batch.outages import BatchStopped, OutageGate, disk_full_stop, model_server
+from agent.batch.selection import rank_by_existing_tests
 from agent.batch.state import BatchState, atomic_write
 from agent.batch.status_log import BatchRefused, RunConfig
+from agent.batch.tracing import TraceTests, write_traces
+from agent.batch.voting import Method
+from agent.episode.failures import disk_full
 from agent.episode.loop import LoopConfig
+from agent.instances.images import ImageOptions
 from agent.instances.records import Instance
 from sandbox.base import DEFAULT_TIMEOUT_S
 
@@ -71,13 +82,23 @@ class BatchRequest(BaseModel):
     ray_options: dict[str, Any] = Field(default_factory=dict,
                                         description="RayExecutor's task_cpus, task_resources, init_options")
     image: str | None = Field(default=None, description="one image for every instance (default: per instance)")
+    images: ImageOptions = Field(default_factory=ImageOptions, description="where official images come from and "
+                                 "how they are pulled (agent.instances.images)")
     loop: LoopConfig = Field(default_factory=LoopConfig)
     sandbox_timeout_s: float = DEFAULT_TIMEOUT_S
     model_options: dict[str, Any] = Field(default_factory=dict, description="client options; None values dropped")
     model_name: str | None = Field(default=None, description="model_name_or_path in preds.jsonl")
     grader: str = Field(default=DEFAULT_GRADER, description="module:function grading a patch on the worker")
-    max_attempts: int = Field(default=2, ge=1, description="attempts per sample for infrastructure failures")
-    warm: int = Field(default=0, ge=0, description="started sandboxes kept ready per image (local executor)")
+    max_attempts: int = Field(default=2, ge=1, description="attempts per sample and session for infrastructure "
+                              "failures (a later --resume redoes what is left)")
+    warm: int = Field(default=0, ge=0, description="sandboxes of the next episodes started ahead, their repository "
+                      "or instance images made first (local executor; agent.batch.warm)")
+    outage_s: float = Field(default=600.0, gt=0, description="how long the batch (and each HTTP model client) "
+                            "waits for a model server or Docker daemon that went away, before it stops")
+    trace_tests: TraceTests | None = Field(default=None, description="tests traced before and after each episode, "
+                                           "invisibly to the model (agent.batch.tracing)")
+    select: Method = Field(default="majority", description="how one of K samples is chosen: majority, regression "
+                           "(the repository's existing tests) or oracle (hidden tests; needs evaluate)")
 
 
 class BatchResult(BaseModel):
@@ -86,6 +107,9 @@ class BatchResult(BaseModel):
     total: int
     done: int
     errored: int
+    infra_errors: int = Field(default=0, description="of `errored`: the infrastructure's, redone by --resume")
+    model_errors: int = 0
+    episode_errors: int = 0
     pending: int
     submitted: int
     resolved: int
@@ -94,10 +118,12 @@ class BatchResult(BaseModel):
     elapsed_s: float
     preds: Path
     manifest: Path
+    stopped: str | None = Field(default=None, description="why the run stopped early (one line), if it did")
+    outages: dict[str, int] = Field(default_factory=dict, description="outages waited for: resource -> count")
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.errored == 0 and self.pending == 0 else 1
+        return 0 if self.errored == 0 and self.pending == 0 and self.stopped is None else 1
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -160,49 +186,80 @@ def _commit(state: BatchState, outcome: EpisodeOutcome) -> None:
         else:
             finals[1].unlink(missing_ok=True)
         atomic_write(finals[2], outcome.sandbox_diff or "")
+        write_traces(layout.traces(instance_id, sample), outcome.traces)
         state.done(instance_id, sample, outcome.attempt, outcome.summary)
     else:
         if outcome.trajectory:
             atomic_write(layout.aside(instance_id, sample, outcome.attempt, "error"), outcome.trajectory)
         for path in finals:  # left by an attempt that died between writing them and committing
             path.unlink(missing_ok=True)
-        state.error(instance_id, sample, outcome.attempt, outcome.error or "error", outcome.summary)
+        shutil.rmtree(layout.traces(instance_id, sample), ignore_errors=True)
+        state.error(instance_id, sample, outcome.attempt, outcome.error or "error", outcome.summary, outcome.failure)
     shutil.rmtree(layout.running_dir(instance_id, sample), ignore_errors=True)
 
 
+def _hand_out(state: BatchState, pool: Executor, todo: deque[EpisodeJob], free: list[int],
+              in_flight: dict[tuple[str, int], EpisodeJob], progress: BatchProgress) -> None:
+    """Start queued jobs on the free slots, each recorded as a new attempt before it is submitted."""
+    while todo and free:
+        job = todo.popleft()
+        instance_id, sample = job.key
+        slot = free.pop(0)
+        attempt = state.start(instance_id, sample, slot)
+        live = state.layout.running_dir(instance_id, sample)
+        shutil.rmtree(live, ignore_errors=True)
+        job = job.model_copy(update={"attempt": attempt, "slot": slot, "live_dir": str(live)})
+        in_flight[job.key] = job
+        progress.started(slot, instance_id, sample, attempt)
+        pool.submit(job)
+    if hasattr(pool, "upcoming"):  # the local executor's warm sandboxes (agent.batch.warm)
+        pool.upcoming(todo)
+
+
 def _drive(state: BatchState, pool: Executor, jobs: list[EpisodeJob], progress: BatchProgress,
-           max_attempts: int) -> int:
+           max_attempts: int, gate: OutageGate) -> int:
     """Keep `pool.capacity` episodes in flight until every job has an outcome; returns episodes run.
 
     A job is recorded as started (new attempt) only when it is handed to a worker slot, and its
-    outcome is committed as soon as it arrives, so the status log always says what is running.
+    outcome is committed as soon as it arrives, so the status log always says what is running. Jobs
+    are handed out only while the gate lets them; when it stops the batch, the episodes in flight are
+    still waited for and committed (a full disk excepted: nothing could be written), then BatchStopped
+    goes up.
     """
     todo = deque(jobs)
     free = list(range(pool.capacity))
     in_flight: dict[tuple[str, int], EpisodeJob] = {}
     ran = 0
-    while todo or in_flight:
-        while todo and free:
-            job = todo.popleft()
-            instance_id, sample = job.key
-            slot = free.pop(0)
-            attempt = state.start(instance_id, sample, slot)
-            live = state.layout.running_dir(instance_id, sample)
-            shutil.rmtree(live, ignore_errors=True)
-            job = job.model_copy(update={"attempt": attempt, "slot": slot, "live_dir": str(live)})
-            in_flight[job.key] = job
-            progress.started(slot, instance_id, sample, attempt)
-            pool.submit(job)
+    stopped: BatchStopped | None = None
+    tries: Counter[tuple[str, int]] = Counter()  # this session's attempts: earlier sessions' do not count
+    while (todo and stopped is None) or in_flight:
+        try:  # asked every turn, slots free or not: the display follows an outage as it happens
+            if stopped is None and not gate.holding():
+                _hand_out(state, pool, todo, free, in_flight, progress)
+        except BatchStopped as error:
+            stopped = error
         for outcome in pool.wait(timeout=0.25):
             job = in_flight.pop(outcome.key)
             free.append(job.slot)
             free.sort()
             _commit(state, outcome)
             ran += 1
+            tries[job.key] += 1
+            try:
+                gate.note(job, outcome)  # first: an outage it reveals holds the retry below
+            except BatchStopped as error:
+                stopped = stopped or error
             resolved = outcome.summary.evaluation.resolved if outcome.summary.evaluation else None
-            progress.finished(job.slot, outcome.instance_id, outcome.sample, outcome.ok, _detail(outcome), resolved)
-            if not outcome.ok and outcome.retryable and outcome.attempt < max_attempts:
-                todo.appendleft(job)  # infrastructure failure: retried at once, as a new attempt
+            retry = outcome.retryable and tries[job.key] < max_attempts and stopped is None
+            kind = outcome.failure.kind if outcome.failure else None
+            progress.finished(job.slot, outcome.instance_id, outcome.sample, outcome.ok, _detail(outcome), resolved,
+                              kind=kind, retry=retry)
+            if retry:
+                todo.appendleft(job)  # infrastructure failure: retried as a new attempt once the gate allows
+        if stopped is not None and not stopped.drain:
+            break
+    if stopped is not None:
+        raise stopped
     return ran
 
 
@@ -210,7 +267,9 @@ def _config(request: BatchRequest) -> RunConfig:
     """The result-relevant settings a resume must repeat."""
     return RunConfig(model=_spec_text(request.model), model_options=request.model_options, samples=request.samples,
                      image=request.image, evaluate=request.evaluate, loop=request.loop.model_dump(mode="json"),
-                     sandbox_timeout_s=request.sandbox_timeout_s, model_name=request.model_name)
+                     sandbox_timeout_s=request.sandbox_timeout_s, model_name=request.model_name,
+                     trace_tests=request.trace_tests.model_dump(mode="json") if request.trace_tests else None,
+                     select=request.select)
 
 
 def _specs(request: BatchRequest) -> dict[tuple[str, int], str]:
@@ -221,17 +280,62 @@ def _specs(request: BatchRequest) -> dict[tuple[str, int], str]:
 
 def _jobs(request: BatchRequest, state: BatchState, specs: dict[tuple[str, int], str]) -> list[EpisodeJob]:
     """One job per (instance, sample) not yet done, the first image found or built before any runs."""
-    from agent.batch.executors import EpisodeJob, image_for
+    from agent.batch.executors import EpisodeJob
 
     todo = state.todo(redo_errors=request.redo_errors)
     if request.executor == "local" or request.ray_address is None:
         _reap_orphans()  # the Docker daemon is this host's: clean up after a killed runner
+    todo = _preflight(request, state, todo)
     if todo and request.executor == "local" and request.image is None:
-        image_for(todo[0][0])  # find or build the first image now: a broken setup fails once, early
+        _first_image(todo[0][0], request.images)
     return [EpisodeJob(instance=instance, sample=sample, attempt=0, run_id=state.run_id,
-                       model_spec=specs[(instance.instance_id, sample)], model_options=request.model_options,
-                       image=request.image, loop=request.loop, sandbox_timeout_s=request.sandbox_timeout_s,
-                       evaluate=request.evaluate, grader=request.grader) for instance, sample in todo]
+                       model_spec=specs[(instance.instance_id, sample)],
+                       model_options=_client_options(request, specs[(instance.instance_id, sample)]),
+                       image=request.image, images=request.images, loop=request.loop,
+                       sandbox_timeout_s=request.sandbox_timeout_s,
+                       evaluate=request.evaluate, grader=request.grader, trace_tests=request.trace_tests)
+            for instance, sample in todo]
+
+
+def _client_options(request: BatchRequest, spec: str) -> dict[str, Any]:
+    """The model client's options: an HTTP client waits out an outage as long as the batch does."""
+    if model_server(spec) is None:
+        return request.model_options
+    return {"outage_s": request.outage_s, **request.model_options}
+
+
+def _preflight(request: BatchRequest, state: BatchState, todo: list[tuple[Instance, int]]
+               ) -> list[tuple[Instance, int]]:
+    """Check every instance's environment before any episode (agent.instances.preflight): each one the
+    runner cannot provide gets one warning line and an error record with the reason, and is not run."""
+    if not todo or request.image is not None:
+        return todo
+    from agent.instances.preflight import check_environments
+
+    unique = list({instance.instance_id: instance for instance, _ in todo}.values())
+    report = check_environments(unique, options=request.images, docker=request.executor == "local")
+    reasons = {problem.instance_id: problem for problem in report.problems}
+    for problem in report.problems:
+        log.warning("batch.environment_refused", detail=problem.line())
+    for instance, sample in todo:
+        if instance.instance_id in reasons:
+            attempt = state.start(instance.instance_id, sample)
+            state.error(instance.instance_id, sample, attempt, reasons[instance.instance_id].line())
+    return [(instance, sample) for instance, sample in todo if instance.instance_id not in reasons]
+
+
+def _first_image(instance: Instance, options: ImageOptions) -> None:
+    """Find, build or pull the first image now, so a broken setup (no daemon, no registry, a full disk)
+    fails once, early. A first image that does not exist is that instance's own error, not the batch's."""
+    from agent.batch.executors import image_for
+    from images.registry import PullError
+
+    try:
+        image_for(instance, options)
+    except PullError as error:
+        if error.kind != "not_found":
+            raise
+        log.info("batch.first_image_missing", instance=instance.instance_id, error=str(error))
 
 
 def _executor(request: BatchRequest, progress: BatchProgress) -> Executor:
@@ -245,38 +349,64 @@ def _executor(request: BatchRequest, progress: BatchProgress) -> Executor:
 def run_batch(request: BatchRequest, progress: BatchProgress | None = None) -> BatchResult:
     """Run every (instance, sample) episode not yet done in the run directory; see the module docstring.
 
-    Raises BatchRefused for a directory or settings that cannot be used.
+    Raises BatchRefused for a directory or settings that cannot be used, BatchStopped for a disk too
+    full to open the run; a run stopped later returns with `stopped` set.
     """
     from agent.batch.progress import make_progress
     from sandbox import lifecycle
 
+    if request.select == "oracle" and not request.evaluate:
+        raise BatchRefused("--oracle picks by the hidden tests, so it needs --evaluate")
     request = request.model_copy(update={
         "model_options": {k: v for k, v in request.model_options.items() if v is not None}})
     specs = _specs(request)
     started = time.monotonic()
     lifecycle.install_signal_handlers()  # SIGTERM/SIGHUP unwind like Ctrl-C: containers are removed
-    state = BatchState.open(request.output, request.instances, _config(request), resume=request.resume,
-                            executor=request.executor, workers=request.workers)
+    try:
+        state = BatchState.open(request.output, request.instances, _config(request), resume=request.resume,
+                                executor=request.executor, workers=request.workers)
+    except OSError as error:
+        if disk_full(error):
+            raise disk_full_stop(request.output) from error
+        raise
     progress = progress or make_progress()
+    gate = OutageGate(request.outage_s, set(specs.values()), str(state.layout.root),
+                      docker=request.executor == "local" or request.ray_address is None, on_change=progress.outage)
     pool: Executor | None = None
-    ran = 0
+    ran, stopped = 0, None
     try:
         jobs = _jobs(request, state, specs)
         total, before = len(request.instances) * request.samples, state.totals()
-        progress.begin(total, total - len(jobs), 0 if request.redo_errors else before.error, before.resolved,
-                       request.workers, request.evaluate)
+        errored = 0 if request.redo_errors else before.error - before.infra_errors  # infra errors are redone
+        progress.begin(total, total - len(jobs), errored, before.resolved, request.workers, request.evaluate)
         if jobs:
             pool = _executor(request, progress)
-            ran = _drive(state, pool, jobs, progress, request.max_attempts)
+            ran = _drive(state, pool, jobs, progress, request.max_attempts, gate)
+        if request.select == "regression":
+            rank_by_existing_tests(state, request.workers)  # after the episodes: see agent.batch.selection
+    except BatchStopped as error:
+        stopped = str(error)
+    except OSError as error:  # the driver's own writes: trajectory, patch, status log, manifest
+        if not disk_full(error):
+            raise
+        stopped = str(disk_full_stop(state.layout.root))
     finally:
         if pool is not None:
             pool.close()
         progress.close()
         state.close()
+    return _result(request, state, ran, started, stopped, gate.seen)
+
+
+def _result(request: BatchRequest, state: BatchState, ran: int, started: float, stopped: str | None,
+            outages: dict[str, int]) -> BatchResult:
     totals = state.totals()
+    if stopped:
+        log.warning("batch.stopped", reason=stopped)
     return BatchResult(
         run_id=state.run_id, output=state.layout.root, total=len(request.instances) * request.samples,
-        done=totals.done, errored=totals.error, pending=totals.pending + totals.running, submitted=totals.submitted,
+        done=totals.done, errored=totals.error, infra_errors=totals.infra_errors, model_errors=totals.model_errors,
+        episode_errors=totals.episode_errors, pending=totals.pending + totals.running, submitted=totals.submitted,
         resolved=totals.resolved, graded=totals.graded, ran=ran, elapsed_s=round(time.monotonic() - started, 3),
-        preds=state.layout.preds, manifest=state.layout.manifest,
+        preds=state.layout.preds, manifest=state.layout.manifest, stopped=stopped, outages=dict(outages),
     )

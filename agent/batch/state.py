@@ -8,10 +8,23 @@ replays the log (a torn last line from a kill mid-write is cut off), so a SIGKIL
 loses at most the episodes that were running; manifest.json and preds.jsonl are rewritten from the
 replayed state (write to a temporary file, then os.replace) and are never read back.
 
+What a resume (`agent batch --resume`) does with each state, after a kill or a fault at any instant:
+- done: kept, never run again;
+- running (the runner died): abandoned, its partial trajectory kept aside, run again from scratch;
+- error of kind `infra` (agent.episode.failures: the sandbox, Docker daemon, model server, a Ray
+  worker or the disk failed): run again, always; such an error is not an outcome, so its instance
+  gets no prediction and no vote until it is redone;
+- error of kind `model` or `episode`: kept unless `--redo-errors`;
+- a first start killed before its first session event was durable (`RunLayout.half_made`): the
+  start is made again;
+- a full disk: the write that failed left nothing behind (temporary files are removed, a refused
+  status line is cut off again), so once space is freed the run continues from its last commit.
+
 Run directory (DIR):
 
     manifest.json        run id, config, model, instance list hash, per instance and sample: status,
-                         attempts, error, timings, tokens, ending, resolved; the vote per instance
+                         attempts, error and its kind, timings, tokens, ending, resolved; the vote per
+                         instance; totals with errors by kind (agent.batch.manifest)
     status.log           the append-only event log (JSON Lines) described above
     instances.jsonl      the instance list of the run, frozen at its first start
     preds.jsonl          SWE-bench predictions: one line per finished instance, the voted patch
@@ -20,6 +33,9 @@ Run directory (DIR):
                                  carries the evaluation when the run grades)
         <k>.patch                the submitted patch, when there was one
         <k>.sandbox.diff         the sandbox's own git diff at the end
+        <k>.traces/              with --trace-tests: `before/` and `after/`, one folder per test (trace.jsonl,
+                                 prompt.txt, output.txt, sources.json; agent.worldmodel.traced_tests),
+                                 referenced from the trajectory's end record (agent.batch.tracing)
         <k>.running/             the episode in progress (solve's live files; `agent view DIR`
                                  shows it as running)
         <k>.attempt<a>.partial.jsonl   trajectory of attempt a, killed with the runner (kept aside)
@@ -43,8 +59,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from agent.batch.manifest import InstanceRecord, Manifest, SampleRecord, Totals
 from agent.batch.status_log import (
     AbandonedEvent,
     BatchRefused,
@@ -57,14 +74,14 @@ from agent.batch.status_log import (
     StatusLog,
     utc_now,
 )
-from agent.batch.voting import Candidate, Vote, choose
+from agent.batch.tracing import sample_dir
+from agent.batch.voting import Candidate, Vote, candidate, choose, preds_name, read_regressions
+from agent.episode.failures import Failure, disk_full
 from agent.instances.records import Instance, Prediction
 
 log = structlog.get_logger()
 
-MANIFEST_VERSION = 1
 TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: `.<name>.<random>.tmp` beside the target
-SampleStatus = Literal["pending", "running", "done", "error"]
 
 
 def safe_name(instance_id: str) -> str:
@@ -103,57 +120,6 @@ def instances_digest(instances: Sequence[Instance]) -> str:
     return h.hexdigest()
 
 
-# -- the manifest --------------------------------------------------------------------------------
-
-
-class SampleRecord(BaseModel):
-    sample: int
-    status: SampleStatus = "pending"
-    attempts: int = 0
-    error: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    trajectory: str | None = Field(default=None, description="path relative to the run directory")
-    summary: EpisodeSummary | None = None
-
-
-class InstanceRecord(BaseModel):
-    instance_id: str
-    samples: list[SampleRecord]
-    vote: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return all(s.status in ("done", "error") for s in self.samples)
-
-
-class Totals(BaseModel):
-    pending: int = 0
-    running: int = 0
-    done: int = 0
-    error: int = 0
-    submitted: int = 0
-    resolved: int = 0
-    graded: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    episode_seconds: float = 0.0
-
-
-class Manifest(BaseModel):
-    format_version: int = MANIFEST_VERSION
-    run_id: str
-    created_at: datetime
-    updated_at: datetime = Field(default_factory=utc_now)
-    config: RunConfig
-    model_name: str | None = None
-    instances_sha256: str
-    instance_count: int
-    sessions: list[dict[str, Any]] = Field(default_factory=list)
-    totals: Totals = Field(default_factory=Totals)
-    instances: list[InstanceRecord]
-
-
 # -- the run directory -------------------------------------------------------------------------------
 
 
@@ -179,6 +145,9 @@ class RunLayout:
 
     def sandbox_diff(self, instance_id: str, sample: int) -> Path:
         return self.instance_dir(instance_id) / f"{sample}.sandbox.diff"
+
+    def traces(self, instance_id: str, sample: int) -> Path:
+        return self.instance_dir(instance_id) / sample_dir(sample)
 
     def running_dir(self, instance_id: str, sample: int) -> Path:
         return self.instance_dir(instance_id) / f"{sample}.running"
@@ -309,6 +278,7 @@ class BatchState:
                               self.layout.patch(record.instance_id, sample.sample),
                               self.layout.sandbox_diff(record.instance_id, sample.sample)):
                     stale.unlink(missing_ok=True)  # written by the dead attempt but never committed
+                _remove_tree(self.layout.traces(record.instance_id, sample.sample))
                 self._append(AbandonedEvent(instance_id=record.instance_id, sample=sample.sample,
                                             attempt=sample.attempts, kept=kept))
                 self.abandoned.append((record.instance_id, sample.sample, sample.attempts))
@@ -328,6 +298,7 @@ class BatchState:
         if isinstance(event, StartEvent):
             sample.status, sample.attempts = "running", event.attempt
             sample.started_at, sample.ended_at, sample.error = event.at, None, None
+            sample.error_kind = sample.error_cause = None
         elif isinstance(event, DoneEvent):
             sample.status, sample.ended_at, sample.error = "done", event.at, None
             sample.summary = event.summary
@@ -337,6 +308,7 @@ class BatchState:
                 self.model_name = event.summary.model_name
         elif isinstance(event, ErrorEvent):
             sample.status, sample.ended_at, sample.error = "error", event.at, event.error
+            sample.error_kind, sample.error_cause = event.kind, event.cause
             sample.summary, sample.trajectory = event.summary, None
         elif isinstance(event, AbandonedEvent):
             sample.status, sample.started_at = "pending", None
@@ -344,10 +316,13 @@ class BatchState:
     # -- transitions -------------------------------------------------------------------------------
 
     def todo(self, redo_errors: bool = False) -> list[tuple[Instance, int]]:
-        """(instance, sample) pairs still to run, instance by instance so instances finish early."""
-        wanted = ("pending", "error") if redo_errors else ("pending",)
+        """(instance, sample) pairs still to run, instance by instance so instances finish early:
+        pending ones, infrastructure errors always, other errors only with `redo_errors`."""
+        def wanted(s: SampleRecord) -> bool:
+            return s.status == "pending" or (s.status == "error" and (redo_errors or s.error_kind == "infra"))
+
         return [(instance, s.sample) for instance in self.instances
-                for s in self.records[instance.instance_id].samples if s.status in wanted]
+                for s in self.records[instance.instance_id].samples if wanted(s)]
 
     def sample(self, instance_id: str, sample: int) -> SampleRecord:
         return self.records[instance_id].samples[sample]
@@ -365,9 +340,11 @@ class BatchState:
         self._after_outcome(instance_id)
 
     def error(self, instance_id: str, sample: int, attempt: int, message: str,
-              summary: EpisodeSummary | None = None) -> None:
+              summary: EpisodeSummary | None = None, failure: Failure | None = None) -> None:
+        """Record an errored episode with whose failure it was (default: the episode's own)."""
+        failure = failure or Failure(kind="episode")
         self._append(ErrorEvent(instance_id=instance_id, sample=sample, attempt=attempt, error=message,
-                                summary=summary or EpisodeSummary()))
+                                kind=failure.kind, cause=failure.cause, summary=summary or EpisodeSummary()))
         self._after_outcome(instance_id)
 
     def _after_outcome(self, instance_id: str) -> None:
@@ -376,30 +353,46 @@ class BatchState:
         self.write_manifest(force=True)
 
     def close(self) -> None:
-        self.write_manifest(force=True)
-        self.write_preds()
-        if self._log is not None:
-            self._log.close()
+        """Rewrite the derived files and close the log. On a full disk the derived files are left as
+        they were (the next start rewrites them from the log) and the log is closed all the same."""
+        try:
+            self.write_manifest(force=True)
+            self.write_preds()
+        except OSError as error:
+            if not disk_full(error):
+                raise
+            log.warning("batch.derived_files_not_written", error=str(error))
+        finally:
+            if self._log is not None:
+                self._log.close()
 
     # -- derived files ----------------------------------------------------------------------------
 
-    def vote(self, instance_id: str) -> Vote:
-        """Choose among the instance's finished samples (errored ones do not take part)."""
-        if instance_id in self._votes:
-            return self._votes[instance_id]
-        candidates = []
+    def candidates(self, instance_id: str) -> list[Candidate]:
+        """The instance's finished samples as the vote sees them (errored ones do not take part)."""
+        record = read_regressions(self.layout.instance_dir(instance_id))
+        found = []
         for s in self.records[instance_id].samples:
             if s.status != "done" or s.summary is None:
                 continue
             patch_path = self.layout.patch(instance_id, s.sample)
             patch = patch_path.read_text(encoding="utf-8") if s.summary.has_patch and patch_path.exists() else None
-            candidates.append(Candidate(sample=s.sample, patch=patch, evaluation=s.summary.evaluation))
-        self._votes[instance_id] = vote = choose(candidates)
-        return vote
+            found.append(candidate(s.sample, patch, s.summary, record))
+        return found
+
+    def vote(self, instance_id: str) -> Vote:
+        """Choose among the instance's finished samples by the run's selection method (agent.batch.voting)."""
+        if instance_id not in self._votes:
+            self._votes[instance_id] = choose(self.candidates(instance_id), self.config.select)
+        return self._votes[instance_id]
+
+    def forget_vote(self, instance_id: str) -> None:
+        """Drop a cached vote whose inputs changed (regressions measured after the episodes)."""
+        self._votes.pop(instance_id, None)
 
     def write_preds(self) -> None:
         """preds.jsonl: one line per instance whose samples have all finished, in instance order."""
-        name = self.config.model_name or self.model_name or self.config.model
+        name = preds_name(self.config.model_name or self.model_name or self.config.model, self.config.select)
         lines = []
         for instance in self.instances:
             record = self.records[instance.instance_id]
@@ -417,6 +410,9 @@ class BatchState:
         for record in self.records.values():
             for s in record.samples:
                 setattr(totals, s.status, getattr(totals, s.status) + 1)
+                if s.status == "error":
+                    kind = f"{s.error_kind or 'episode'}_errors"
+                    setattr(totals, kind, getattr(totals, kind) + 1)
                 if s.summary is None:
                     continue
                 totals.prompt_tokens += s.summary.prompt_tokens

@@ -2,11 +2,16 @@
 
 This log is the run's only source of truth (agent.batch.state derives everything else from it): an
 event is appended, flushed and fsynced before anything relies on it, and replaying the log after a
-kill drops a torn last line and nothing else.
+kill drops a torn last line and nothing else. An append that fails (a full disk) is undone before the
+error goes up, so the log never holds a partial line that a later append would bury mid-file.
+
+Error events carry the failure's kind (agent.episode.failures): `infra` errors are redone by every
+resume and never graded; `model` and `episode` errors are kept until `--redo-errors`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from datetime import datetime, timezone
@@ -16,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 import structlog
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from agent.episode.failures import FailureKind, InfraCause
 from sandbox.base import DEFAULT_TIMEOUT_S
 from traces.schema import Evaluation
 
@@ -44,6 +50,10 @@ class RunConfig(BaseModel):
     loop: dict[str, Any] = Field(default_factory=dict)
     sandbox_timeout_s: float = DEFAULT_TIMEOUT_S
     model_name: str | None = Field(default=None, description="model_name_or_path for preds.jsonl")
+    trace_tests: dict[str, Any] | None = Field(default=None, description="--trace-tests and its bounds (a run's "
+                                               "samples are all traced alike)")
+    select: Literal["majority", "regression", "oracle"] = Field(
+        default="majority", description="how one of K samples is chosen (agent.batch.voting)")
 
     def differences(self, other: RunConfig) -> list[str]:
         mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
@@ -110,6 +120,9 @@ class ErrorEvent(_Event):
     sample: int
     attempt: int
     error: str
+    kind: FailureKind = Field(default="episode", description="whose failure (agent.episode.failures); logs "
+                              "written before kinds existed read as episode errors")
+    cause: InfraCause | None = Field(default=None, description="for infra errors: what failed")
     summary: EpisodeSummary = Field(default_factory=EpisodeSummary)
 
 
@@ -130,22 +143,36 @@ EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
 
 
 class StatusLog:
-    """Append-only JSON Lines; each event is flushed and fsynced before the call returns."""
+    """Append-only JSON Lines; each event is written and fsynced before the call returns.
+
+    Written with os.write on a descriptor of its own, not through a buffered file: a buffer that
+    failed to flush would try again at close and could land a fragment after later lines.
+    """
 
     def __init__(self, path: Path, fsync: bool = True) -> None:
         self.path = path
         self._fsync = fsync
-        self._file = path.open("a", encoding="utf-8")
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, event: BaseModel) -> None:
-        self._file.write(event.model_dump_json() + "\n")
-        self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        """Append one line whole, or raise OSError (naming the log) with the log as it was before."""
+        assert self._fd is not None, "the status log is closed"
+        data = (event.model_dump_json() + "\n").encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as error:
+            os.ftruncate(self._fd, size)  # no partial line stays behind (a full disk refuses the rest)
+            raise OSError(error.errno or errno.EIO, error.strerror or str(error), str(self.path)) from error
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @staticmethod
     def replay(path: Path) -> list[Any]:

@@ -11,12 +11,17 @@ from agent.cli.common import fail
 
 
 def export(
-    trajectories: list[Path] = typer.Argument(..., help="trajectory files (<instance>.traj.jsonl)"),
-    to: str = typer.Option(..., "--to", help="swebench (predictions JSONL), swe-agent (.traj files) or cwm "
-                                             "(CWM's rollout dump)"),
+    trajectories: list[Path] = typer.Argument(..., help="trajectory files (<instance>.traj.jsonl); for cwm-traces "
+                                                    "also run directories of agent batch or agent solve"),
+    to: str = typer.Option(..., "--to", help="swebench (predictions JSONL), swe-agent (.traj files), mini-swe-agent "
+                                             "(.traj.json files), cwm "
+                                             "(CWM's rollout dump) or cwm-traces (test traces as CWM trace "
+                                             "examples, JSONL + OUTPUT's .manifest.json)"),
     output: Path = typer.Option(..., "--output", "-o",
-                                help="file to write (swebench, cwm) or directory (swe-agent: OUTPUT/<id>/<id>.traj)"),
-    model_name: Optional[str] = typer.Option(None, help="swebench: model_name_or_path (default: the header's model)"),
+                                help="file to write (swebench, cwm) or directory (swe-agent: OUTPUT/<id>/<id>.traj, "
+                                     "mini-swe-agent: OUTPUT/<id>/<id>.traj.json)"),
+    model_name: Optional[str] = typer.Option(None, help="swebench: model_name_or_path (default: the one model all "
+                                             "trajectories name; a mix is refused)"),
     layout: str = typer.Option("rollouts", help="cwm: 'rollouts' (CWM's dump lines) or 'transitions' (one per line)"),
 ) -> None:
     """Export trajectories to SWE-bench predictions, SWE-agent's .traj or CWM's trajectory format."""

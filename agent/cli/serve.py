@@ -25,17 +25,28 @@ def serve(
                                     help="'dummy' serves random weights (speed tests)"),
     quantization: Optional[str] = typer.Option(None, help="fp8: FP8 linear layers, quantized while loading "
                                                           "(half the bytes per token; Hopper GPUs)"),
+    kv_cache_dtype: Optional[str] = typer.Option(None, help="fp8: KV cache in FP8 (twice the cached tokens); "
+                                                            "auto: the model's dtype"),
+    max_num_seqs: Optional[int] = typer.Option(None, help="most sequences decoded at once (vLLM's default)"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, help="tokens per scheduler step: the "
+                                                                    "chunked-prefill budget (vLLM's default)"),
+    preset: Optional[str] = typer.Option(None, help="agent: FP8 weights + FP8 KV cache, 64 sequences, 8192-token "
+                                                    "chunks (docs/benchmarks.md); explicit options win"),
 ) -> None:
     """Serve CWM with vLLM (prefix caching, CWM's stop tokens) until Ctrl-C; extra args go to vLLM."""
     from agent.serve.launcher import ServeError, run_server
 
     if quantization not in (None, "fp8"):
         fail(f"unknown --quantization {quantization!r}; choose fp8 (or leave it out for bf16)")
+    # Options left unset stay out, so a preset (or ServeOptions' default) fills them.
+    chosen = {name: value for name, value in (
+        ("quantization", quantization), ("kv_cache_dtype", kv_cache_dtype), ("max_num_seqs", max_num_seqs),
+        ("max_num_batched_tokens", max_num_batched_tokens), ("preset", preset)) if value is not None}
     try:
         options = ServeOptions(
             model=model, tp=tp, port=port, host=host, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, served_model_name=served_model_name,
-            load_format=load_format, quantization=quantization, extra_args=list(ctx.args),
+            load_format=load_format, extra_args=list(ctx.args), **chosen,
         )
         code = run_server(options)
     except ServeError as error:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from agent.cli.common import default_of, fail, step_line
+from agent.episode.solve import SolveRequest
 from agent.models.factory import DEFAULT_MODEL_URL
 from agent.protocol.prompts import MAX_TURNS
 from agent.worldmodel.run import TraceLimits
@@ -115,6 +116,9 @@ def solve(
     output: Path = typer.Option(Path("runs/solve"), help="directory for trajectory, patch and diff"),
     example: Optional[str] = typer.Option(None, help="run a bundled example offline, e.g. `intervals`"),
     allow_dirty: bool = typer.Option(False, help="include uncommitted changes of a local repository"),
+    repo_cache: bool = typer.Option(default_of(SolveRequest, "repo_cache"), help="Docker: keep an image of the repository at this commit and start "
+                                               "from it (made on first use; `agent images prune` removes them); "
+                                               "--no-repo-cache copies the repository into every sandbox"),
     max_turns: int = typer.Option(MAX_TURNS, help=f"turn limit (protocol default {MAX_TURNS})"),
     timeout: float = typer.Option(DEFAULT_TIMEOUT_S, help="per-command timeout in seconds"),
     wall_clock: Optional[float] = typer.Option(None, help="stop the episode after this many seconds"),
@@ -134,7 +138,6 @@ def solve(
     """Solve one issue in one repository: sandbox, CWM loop, trajectory, patch."""
     from agent.episode.loop import LoopConfig
     from agent.episode.repo import RepoError
-    from agent.episode.solve import SolveRequest
     from agent.episode.solve import solve as run_solve
     from agent.models.base import ModelError
     from agent.models.factory import make_model
@@ -157,6 +160,7 @@ def solve(
         fail(str(error))
     request = SolveRequest(
         repo=repo, commit=commit, issue=issue_text, image=image, output=output, allow_dirty=allow_dirty,
+        repo_cache=repo_cache,
         instance_id=instance_id, loop=LoopConfig(max_turns=max_turns, wall_clock_s=wall_clock),
         sandbox=SandboxConfig(image=image, timeout_s=timeout),
         trace_tests=trace_tests or [], trace_limits=TraceLimits(max_frames=trace_max_frames),
@@ -171,7 +175,8 @@ def solve(
 
     try:
         result = run_solve(request, open_model, open_sandbox,
-                           on_step=lambda s: out.print(step_line(s), highlight=False))
+                           on_step=lambda s: out.print(step_line(s), highlight=False),
+                           on_ready=lambda start: out.print(start.line(), highlight=False, markup=False))
     except (RepoError, ModelError, SandboxError, ValueError) as error:
         fail(str(error))
     print_result(out, result)

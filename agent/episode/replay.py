@@ -387,14 +387,16 @@ def verify(
     chosen_image = image or _available_image(_docker_image_of(header))
     if not chosen_image:
         raise CannotReplay("the trajectory records no Docker image it can be replayed in; pass --image IMAGE")
-    source = resolve_repo(repo, Path.cwd()) if repo else resolve_repo(header.repo, path.resolve().parent)
-    checkout = _is_repository_top(source)
+    in_image = header.repo_in_image and repo is None  # the image's own /testbed, at the recorded commit
+    source = header.repo if in_image else resolve_repo(repo, Path.cwd()) if repo else resolve_repo(
+        header.repo, path.resolve().parent)
+    checkout = in_image or _is_repository_top(source)
     commit = (header.commit or None) if checkout else None
     with tempfile.TemporaryDirectory(prefix="cwm-verify-") as scratch:
         out = Path(output) if output is not None else Path(scratch)
         request = SolveRequest(
-            repo=source, issue=header.issue, commit=commit, allow_dirty=commit is not None, image=chosen_image,
-            output=out, instance_id=header.instance_id,
+            repo=source, issue=header.issue, commit=commit, allow_dirty=commit is not None and not in_image,
+            repo_in_image=in_image, image=chosen_image, output=out, instance_id=header.instance_id,
             loop=LoopConfig(max_turns=header.protocol.max_turns, context_size=header.protocol.context_size,
                             max_reply_tokens=header.protocol.max_reply_tokens, tools=tuple(header.protocol.tools)),
             sandbox=SandboxConfig(image=chosen_image, workdir=header.workdir, timeout_s=header.protocol.timeout_s,

@@ -1,173 +1,122 @@
-"""Preparing a repository for an episode: a clean checkout on the host, then a copy at /testbed.
+"""Placing the repository of an episode at /testbed, one of three ways.
 
-A local git repository is cloned at the requested commit (its working tree is never touched; a dirty
-tree is refused unless the caller asks to include it). A plain directory is snapshotted into a fresh
-repository with one commit. A URL is cloned. Inside the sandbox, history that is not an ancestor of
-the commit is pruned so the model cannot read the fix from it (protocol, section 6).
+Copied in (`prepare_repo` + `place_in_sandbox`): the repository is resolved on the host without writing
+out its files (agent.episode.checkout), and its copy (the commit's files and a `.git` already pruned)
+streams into the sandbox's workdir in one pass (agent.episode.repo_stream, `Sandbox.extract`).
+
+From a repository image (agent.episode.repo_image): the same copy, written once into an image layer;
+the sandbox starts from that image and nothing is copied or pruned.
+
+Already in the image (`place_in_image`): SWE-bench-style images carry the repository at /testbed with
+their environment installed into it (install-generated files such as setuptools-scm's `_version.py`,
+edits of tracked files made by the install). Nothing is copied and nothing is wiped; the base commit is
+checked out if HEAD is elsewhere, as CWM's harness runs the images (`cwm/rl/envs/envs/swerl_tool.py`
+uses the image's /testbed as it is), and the history that is not an ancestor of it is pruned in the
+sandbox.
+
+Every way, the model cannot read the fix from the repository's future (protocol, section 6;
+`sandbox.session.prune_git_history_script`), and the session is fresh when the model's first command
+comes: bash numbers the lines it reads, and its error messages show that number.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
-from pathlib import Path
+import shlex
+import time
 
-import git
 import structlog
-from pydantic import BaseModel
 
-from sandbox.base import Sandbox
-from sandbox.reaper import current_owner, process_start_time
+from agent.episode.checkout import (
+    SNAPSHOT_DATE,
+    URL_PATTERN,
+    WORKSPACE_PREFIX,
+    PreparedRepo,
+    RepoError,
+    prepare_repo,
+    reap_workspaces,
+)
+from agent.episode.repo_stream import repo_stream
+from sandbox.base import Sandbox, SandboxError
 from sandbox.session import prune_git_history_script
+
+# Exit statuses of the in-image check-out script, each with the line telling the user what to do.
+_NOT_A_REPOSITORY, _NO_SUCH_COMMIT, _CHECKOUT_FAILED = 3, 4, 5
 
 log = structlog.get_logger()
 
-SNAPSHOT_DATE = "2000-01-01T00:00:00+0000"
-URL_PATTERN = re.compile(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:")
-WORKSPACE_PREFIX = "cwm-repo-"
-# cwm-repo-<owner pid>.<owner start time>-<random>: the owner is checked like a container's (reaper).
-WORKSPACE_NAME = re.compile(rf"^{WORKSPACE_PREFIX}(\d+)\.(\d+)-")
-
-
-class RepoError(RuntimeError):
-    """The repository cannot be prepared; the message says what to do."""
-
-
-class PreparedRepo(BaseModel):
-    """A host directory holding a clean checkout, and what it was made from."""
-
-    source: str
-    commit: str
-    path: Path
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.path.parent, ignore_errors=True)
-
-
-def _snapshot(directory: Path, dest: Path) -> str:
-    """Copy a plain directory and commit it, so the sandbox has a repository with a base commit."""
-    shutil.copytree(directory, dest, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache"))
-    repo = git.Repo.init(dest, initial_branch="main")
-    repo.git.add(A=True)
-    with repo.config_writer() as config:
-        config.set_value("user", "name", "cwm-runner")
-        config.set_value("user", "email", "agent@cwm-runner.invalid")
-    # Fixed dates make the commit id a function of the files alone, so a replay of the same directory
-    # checks out the very same commit.
-    fixed = {"GIT_AUTHOR_DATE": SNAPSHOT_DATE, "GIT_COMMITTER_DATE": SNAPSHOT_DATE}
-    repo.git.commit("-q", "-m", "Initial commit", "--no-gpg-sign", env=fixed)
-    return repo.head.commit.hexsha
-
-
-def _new_workspace() -> Path:
-    owner = current_owner()
-    return Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{owner.pid}.{owner.start}-"))
-
-
-def reap_workspaces(root: Path | None = None) -> list[Path]:
-    """Remove checkouts left by runners that died without cleaning up (SIGKILL, OOM).
-
-    Why here and not in a `finally`: a killed process runs no cleanup, so the next runner on this host
-    removes what it can prove is orphaned — a workspace whose owner pid no longer runs with the start
-    time recorded in its name. Workspaces of live runners are never touched.
-    """
-    root = Path(root or tempfile.gettempdir())
-    removed = []
-    for path in root.glob(f"{WORKSPACE_PREFIX}*"):
-        match = WORKSPACE_NAME.match(path.name)
-        if match is None or not path.is_dir():
-            continue
-        pid, start = int(match.group(1)), match.group(2)
-        if process_start_time(pid) == start:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-        log.info("repo.workspace_reaped", path=str(path))
-    return removed
-
-
-def prepare_repo(source: str, commit: str | None = None, allow_dirty: bool = False) -> PreparedRepo:
-    """Make a clean checkout of `source` at `commit` (default: HEAD) in a temporary directory.
-
-    Orphaned checkouts of killed runners are removed first (`reap_workspaces`).
-    """
-    reap_workspaces()
-    workspace = _new_workspace()
-    dest = workspace / "repo"
-    try:
-        if URL_PATTERN.match(source):
-            try:
-                repo = git.Repo.clone_from(source, dest)
-            except git.GitCommandError as error:
-                raise RepoError(f"cannot clone {source}: {error.stderr.strip().splitlines()[-1:]}") from None
-            return PreparedRepo(source=source, commit=_checkout(repo, commit, source), path=dest)
-        directory = Path(source).expanduser().resolve()
-        if not directory.is_dir():
-            raise RepoError(f"{source} is not a directory or a git URL; pass --repo PATH_OR_GIT_URL")
-        top = _git_toplevel(directory)
-        if top != directory:
-            if commit:
-                raise RepoError(f"{source} is not the top of a git repository, so --commit cannot apply")
-            return PreparedRepo(source=str(directory), commit=_snapshot(directory, dest), path=dest)
-        local = git.Repo(directory)
-        if local.is_dirty(untracked_files=True) and not allow_dirty:
-            raise RepoError(
-                f"{source} has uncommitted changes; commit or stash them, or pass --allow-dirty to include them"
-            )
-        repo = git.Repo.clone_from(str(directory), dest, no_hardlinks=True)
-        sha = _checkout(repo, commit, source)
-        if allow_dirty and commit is None:
-            _overlay_working_tree(local, dest)
-        return PreparedRepo(source=str(directory), commit=sha, path=dest)
-    except BaseException:
-        shutil.rmtree(workspace, ignore_errors=True)
-        raise
-
-
-def _git_toplevel(directory: Path) -> Path | None:
-    try:
-        return Path(git.Repo(directory, search_parent_directories=True).working_tree_dir or "").resolve()
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return None
-
-
-def _checkout(repo: git.Repo, commit: str | None, source: str) -> str:
-    ref = commit or "HEAD"
-    try:
-        sha = repo.git.rev_parse("--verify", f"{ref}^{{commit}}")
-    except git.GitCommandError:
-        raise RepoError(f"{source} has no commit {ref!r}; pass an existing --commit") from None
-    repo.git.checkout("-q", "--detach", sha)
-    return sha
-
-
-def _overlay_working_tree(local: git.Repo, dest: Path) -> None:
-    """Copy modified and untracked files of a dirty tree over the clean checkout (--allow-dirty)."""
-    root = Path(local.working_tree_dir or ".")
-    changed = local.git.ls_files("-m", "-o", "--exclude-standard", "-z").split("\0")
-    for name in filter(None, changed):
-        target = dest / name
-        if (root / name).exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / name, target)
-    for name in filter(None, local.git.ls_files("-d", "-z").split("\0")):
-        (dest / name).unlink(missing_ok=True)
-
-
+__all__ = ["PRUNE_TIMEOUT_S", "SNAPSHOT_DATE", "URL_PATTERN", "WORKSPACE_PREFIX", "PreparedRepo", "RepoError",
+           "checkout_script", "place_in_image", "place_in_sandbox", "prepare_repo", "reap_workspaces"]
 
 
 def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
-    """Copy the checkout to the sandbox's workdir, prune unrelated history, and reset the session there."""
-    workdir = sandbox.config.workdir
-    # Through /tmp and `cp -a` rather than into `/`: a bubblewrap sandbox's root is read-only.
-    staging = "/tmp/.cwm-repo"
-    sandbox.run(f"mkdir -p {workdir} && find {workdir} -mindepth 1 -delete; rm -rf {staging}", aside=True)
-    sandbox.copy_in(prepared.path, staging)
-    copied = sandbox.run(f"cp -a {staging}/{prepared.path.name}/. {workdir}/ && rm -rf {staging}", aside=True)
-    if copied.exit_code != 0:
-        raise RepoError(f"could not copy the repository into the sandbox: {copied.output.strip()[-300:]}")
-    result = sandbox.run(prune_git_history_script(workdir), aside=True)
+    """Empty the sandbox's workdir, stream the repository's copy into it (history already pruned), and
+    reset the session there."""
+    workdir = shlex.quote(sandbox.config.workdir)
+    started = time.monotonic()
+    emptied = sandbox.run(f"mkdir -p -- {workdir} && find {workdir} -mindepth 1 -delete", aside=True)
+    if emptied.exit_code != 0:
+        raise RepoError(f"could not empty {sandbox.config.workdir} in the sandbox: {emptied.output.strip()[-300:]}")
+    try:
+        with repo_stream(prepared) as archive:
+            sandbox.extract(archive, sandbox.config.workdir)
+    except SandboxError as error:
+        raise RepoError(f"could not copy the repository into the sandbox: {error}") from None
+    sandbox.restart_session()
+    log.info("repo.copied", source=prepared.source, commit=prepared.commit[:12],
+             seconds=round(time.monotonic() - started, 3))
+
+
+def _prune_and_reset(sandbox: Sandbox) -> None:
+    result = sandbox.run(prune_git_history_script(sandbox.config.workdir), aside=True,
+                         timeout_s=max(PRUNE_TIMEOUT_S, sandbox.config.timeout_s))
     if result.exit_code != 0:
         raise RepoError(f"could not prepare the repository in the sandbox: {result.output.strip()[-300:]}")
     sandbox.restart_session()
+
+
+# `git gc` repacks the whole object store to drop the future: minutes for the largest repositories.
+PRUNE_TIMEOUT_S = 1800.0
+
+
+def checkout_script(workdir: str, commit: str | None) -> str:
+    """Bash that checks out `commit` in the image's repository at `workdir` (if HEAD is not already
+    there) and prints HEAD's full id. No `--force`, no reset, no clean: the image's edits to tracked
+    files and its untracked and ignored files stay (a checkout that would overwrite them fails)."""
+    wanted = "" if commit is None else shlex.quote(commit)
+    return f"""(
+cd -- {shlex.quote(workdir)} 2>/dev/null && [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$PWD" ] || exit {_NOT_A_REPOSITORY}
+wanted={wanted}
+if [ -n "$wanted" ]; then
+  target=$(git rev-parse --verify -q "$wanted^{{commit}}") || exit {_NO_SUCH_COMMIT}
+  if [ "$(git rev-parse -q --verify HEAD)" != "$target" ]; then
+    git -c advice.detachedHead=false checkout -q "$target" 2>&1 || exit {_CHECKOUT_FAILED}
+  fi
+fi
+git rev-parse --verify HEAD
+)"""
+
+
+def place_in_image(sandbox: Sandbox, commit: str | None = None) -> str:
+    """Use the repository the image carries at the sandbox's workdir: check out `commit` (default: keep
+    HEAD), prune later history, reset the session there. Returns the commit checked out.
+
+    Grading calls this too, in its fresh sandbox, for instances whose image carries the repository
+    (`agent.instances.images.repo_in_image`), instead of `prepare_repo` + `place_in_sandbox`.
+    """
+    workdir, image = sandbox.config.workdir, sandbox.config.image
+    done = sandbox.run(checkout_script(workdir, commit), aside=True)
+    text = done.output.strip()
+    if done.exit_code == _NOT_A_REPOSITORY:
+        raise RepoError(f"{workdir} in {image} is not the top of a git repository: this image does not carry the "
+                        "instance's repository; give the instance a repo_path, or no image to build one")
+    if done.exit_code == _NO_SUCH_COMMIT:
+        raise RepoError(f"the repository at {workdir} in {image} has no commit {commit!r}: the image was built for "
+                        "another commit; check the instance's base_commit and image")
+    if done.exit_code == _CHECKOUT_FAILED:
+        raise RepoError(f"cannot check out {commit} in {image}: {text.splitlines()[-1] if text else 'git failed'}")
+    if done.exit_code != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", text):
+        raise RepoError(f"cannot read the repository at {workdir} in {image}: {text[-300:] or done.exit_code}")
+    _prune_and_reset(sandbox)
+    log.info("repo.in_image", image=image, commit=text[:12])
+    return text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +16,15 @@ import structlog
 from pydantic import BaseModel, Field, field_validator
 
 from agent.episode.loop import LoopConfig, initial_messages, run_episode
-from agent.episode.repo import PreparedRepo, place_in_sandbox, prepare_repo
+from agent.episode.repo import URL_PATTERN, PreparedRepo, place_in_image, place_in_sandbox, prepare_repo
+from agent.episode.repo_image import RepoStart, ensure_repo_image
 from agent.models.base import Model
 from agent.protocol import prompts
 from agent.worldmodel.run import TraceLimits
-from agent.worldmodel.traced_tests import Phase, check_node_id, fresh_traces_root, trace_phase
+from agent.worldmodel.traced_tests import Phase, TraceBudget, check_node_id, fresh_traces_root, trace_phase
 from sandbox.base import Sandbox, SandboxConfig
 from sandbox.rootfs import read_meta
+from sandbox.session import startup_script
 from traces.recorder import Recorder
 from traces.schema import Ending, Header, ProtocolSettings, Step, TracedTest
 
@@ -36,10 +39,16 @@ except Exception:  # pragma: no cover - running from a source tree without insta
 
 
 class SolveRequest(BaseModel):
-    repo: str
+    repo: str = Field(description="a local path or git URL to copy in; with `repo_in_image`, only its name "
+                      "(owner/name), recorded in the trajectory")
     issue: str
     commit: str | None = None
+    repo_in_image: bool = Field(False, description="the image carries the repository at the workdir: check out "
+                                "`commit` there and prune later history; nothing is cloned or copied "
+                                "(agent.episode.repo.place_in_image)")
     allow_dirty: bool = False
+    repo_cache: bool = Field(True, description="Docker: start from the repository image of (repo, commit, image), "
+                             "made on first use (agent.episode.repo_image); off: copy into every sandbox")
     image: str
     output: Path
     instance_id: str | None = None
@@ -47,6 +56,8 @@ class SolveRequest(BaseModel):
     sandbox: SandboxConfig | None = None
     trace_tests: list[str] = Field(default_factory=list, description="pytest node ids traced before and after")
     trace_limits: TraceLimits = Field(default_factory=TraceLimits)
+    trace_budget: TraceBudget = Field(default_factory=TraceBudget, description="bounds on each phase's tests together")
+    trace_test_patch: str = Field("", description="applied for the traces only (an instance's test patch)")
 
     @field_validator("trace_tests")
     @classmethod
@@ -102,8 +113,9 @@ def _sandbox_config(request: SolveRequest) -> SandboxConfig:
 
 
 def _header(request: SolveRequest, instance_id: str, commit: str, config: SandboxConfig, model: Model,
-            backend: str) -> Header:
-    """The trajectory's header: what ran, where, with which prompts (the user prompt already truncated)."""
+            backend: str, start: RepoStart | None) -> Header:
+    """The trajectory's header: what ran, where, with which prompts (the user prompt already truncated),
+    and how the repository got there."""
     loop = request.loop
     system = prompts.system_prompt(timeout=prompts.timeout_phrase(config.timeout_s), context=loop.context_size,
                                    turns=loop.max_turns)
@@ -113,11 +125,35 @@ def _header(request: SolveRequest, instance_id: str, commit: str, config: Sandbo
     return Header(
         run_id=config.run_id, instance_id=instance_id, repo=request.repo, commit=commit, image=request.image,
         image_digest=digest, image_source=source, sandbox_backend=backend, workdir=config.workdir,
-        model=model.info, runner_version=RUNNER_VERSION,
+        start_script=startup_script(config), repo_in_image=request.repo_in_image, model=model.info,
+        repo_from=start.way if start else "", repo_prepare_s=round(start.seconds, 3) if start else None,
+        repo_image=start.image if start else "", runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(max_turns=loop.max_turns, context_size=loop.context_size, timeout_s=config.timeout_s,
                                   max_reply_tokens=loop.max_reply_tokens, tools=list(loop.tools)),
         system_prompt=system, user_prompt=user, issue=request.issue,
     )
+
+
+def _repo_image(request: SolveRequest, prepared: PreparedRepo | None, backend: str,
+                workdir: str) -> tuple[str, bool] | None:
+    """(tag, built now) of the repository image to start from, or None to copy (or use the image's own)."""
+    if prepared is None or not request.repo_cache or backend != "docker":
+        return None
+    return ensure_repo_image(prepared, request.image, workdir)
+
+
+def warm_config(request: SolveRequest) -> SandboxConfig:
+    """The config `solve` will open its Docker sandbox with, its repository image made first if need be:
+    what a warm pool can start ahead of the episode (agent.batch.warm). A URL is not cloned for this."""
+    config = _sandbox_config(request)
+    if request.repo_in_image or not request.repo_cache or URL_PATTERN.match(request.repo):
+        return config
+    prepared = prepare_repo(request.repo, request.commit, request.allow_dirty)
+    try:
+        cached = _repo_image(request, prepared, "docker", config.workdir)
+    finally:
+        prepared.cleanup()
+    return config.model_copy(update={"image": cached[0]}) if cached else config
 
 
 def _write_files(output: Path, instance_id: str, trajectory: Path, ending: Ending) -> SolveResult:
@@ -136,51 +172,101 @@ def solve(
     make_model: Callable[[], Model],
     open_sandbox: Callable[[SandboxConfig], Sandbox],
     on_step: Callable[[Step], None] | None = None,
+    on_ready: Callable[[RepoStart], None] | None = None,
 ) -> SolveResult:
-    """Prepare the repository, run the episode, and write trajectory, patch and sandbox diff.
+    """Place the repository, run the episode, and write trajectory, patch and sandbox diff.
 
-    The model is made only once the repository is known to be usable, so a bad --repo is reported
-    before a model server is contacted. With `trace_tests`, those tests are traced on the checkout
-    before the episode and on the final tree after it (agent.worldmodel.traced_tests), invisibly to
-    the model; the Ending's `test_traces` references the files.
+    A repository to copy in is resolved first (nothing is copied yet) and the model made only once it is
+    known to be usable, so a bad --repo is reported before a model server is contacted. With the Docker
+    backend the sandbox then starts from the repository's image (made now if this is the first episode
+    of that repository, commit and image: agent.episode.repo_image); otherwise the repository is copied
+    in, or, `repo_in_image`, the image's own is used. The header, with the commit and how the repository
+    got there (`on_ready` is told too), is written once it is in place; if the sandbox or the placement
+    fails, the trajectory holds the header and an error ending. With `trace_tests`, those tests are
+    traced on the checkout before the episode and on the final tree after it
+    (agent.worldmodel.traced_tests), invisibly to the model; the Ending's `test_traces` references them.
     """
     instance_id = request.instance_id or default_instance_id(request.repo, request.issue)
-    output = request.output
-    prepared: PreparedRepo = prepare_repo(request.repo, request.commit, request.allow_dirty)
+    began = time.monotonic()
+    prepared = None if request.repo_in_image else prepare_repo(request.repo, request.commit, request.allow_dirty)
+    host_s = time.monotonic() - began
     try:
         model = make_model()
     except BaseException:
-        prepared.cleanup()
+        if prepared is not None:
+            prepared.cleanup()
         raise
-    output.mkdir(parents=True, exist_ok=True)
+    request.output.mkdir(parents=True, exist_ok=True)
     config = _sandbox_config(request)
-    header = _header(request, instance_id, prepared.commit, config, model, getattr(open_sandbox, "backend", "docker"))
-    trajectory = output / f"{instance_id}.traj.jsonl"
-    recorder = Recorder(trajectory, header)
+    backend = getattr(open_sandbox, "backend", "docker")
+    trajectory = request.output / f"{instance_id}.traj.jsonl"
+    recorder: Recorder | None = None
+    try:
+        began = time.monotonic()
+        cached = _repo_image(request, prepared, backend, config.workdir)
+        host_s += time.monotonic() - began
+        with open_sandbox(config.model_copy(update={"image": cached[0]}) if cached else config) as sandbox:
+            start, commit = _place(request, prepared, sandbox, cached, host_s)
+            recorder = Recorder(trajectory, _header(request, instance_id, commit, config, model, backend, start))
+            if on_ready is not None:
+                on_ready(start)
+            ending = _run(request, instance_id, sandbox, recorder, model, on_step)
+        recorder.end(ending)
+    except BaseException as error:
+        if recorder is None:  # the sandbox or the placement failed before the header
+            commit = prepared.commit if prepared is not None else request.commit or ""
+            Recorder(trajectory, _header(request, instance_id, commit, config, model, backend, None)).end(
+                _failed(error, []))
+        raise
+    finally:
+        if recorder is not None:
+            recorder.close()
+        if prepared is not None:
+            prepared.cleanup()
+    return _write_files(request.output, instance_id, trajectory, ending)
+
+
+def _place(request: SolveRequest, prepared: PreparedRepo | None, sandbox: Sandbox, cached: tuple[str, bool] | None,
+           host_s: float) -> tuple[RepoStart, str]:
+    """Put the repository at the workdir the way `solve` chose; how, how long it took, and the commit."""
+    began = time.monotonic()
+    if prepared is None:
+        commit = place_in_image(sandbox, request.commit)
+        return RepoStart(way="image", seconds=time.monotonic() - began), commit
+    if cached is not None:  # the image holds it, history pruned: nothing to do in the session
+        way = "image-build" if cached[1] else "image-cache"
+        return RepoStart(way=way, seconds=host_s, image=cached[0]), prepared.commit
+    place_in_sandbox(prepared, sandbox)
+    return RepoStart(way="copy", seconds=host_s + time.monotonic() - began), prepared.commit
+
+
+def _failed(error: BaseException, traced: list[TracedTest]) -> Ending:
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    return Ending(status="interrupted" if interrupted else "error", reason=f"{error.__class__.__name__}: {error}",
+                  test_traces=traced)
+
+
+def _run(request: SolveRequest, instance_id: str, sandbox: Sandbox, recorder: Recorder, model: Model,
+         on_step: Callable[[Step], None] | None) -> Ending:
+    """The episode in a sandbox whose repository is in place: traces before, the loop, the diff, traces
+    after (after the diff is taken: tracing cannot change it). A failing loop ends the trajectory."""
+    output = request.output
     traces = fresh_traces_root(output, instance_id) if request.trace_tests else None
     traced: list[TracedTest] = []
 
-    def trace(sandbox: Sandbox, phase: Phase) -> None:
+    def trace(phase: Phase) -> None:
         if traces is not None:
-            traced.extend(trace_phase(sandbox, request.trace_tests, phase, traces, output, request.trace_limits))
+            traced.extend(trace_phase(sandbox, request.trace_tests, phase, traces, output, request.trace_limits,
+                                      request.trace_budget, request.trace_test_patch))
 
+    trace("before")
+    messages = initial_messages(recorder.header.system_prompt, recorder.header.user_prompt)
     try:
-        with open_sandbox(config) as sandbox:
-            place_in_sandbox(prepared, sandbox)
-            trace(sandbox, "before")
-            messages = initial_messages(header.system_prompt, header.user_prompt)
-            try:
-                ending = run_episode(model, sandbox, messages, recorder, request.loop, on_step)
-            except BaseException as error:
-                interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
-                recorder.end(Ending(status="interrupted" if interrupted else "error",
-                                    reason=f"{error.__class__.__name__}: {error}", test_traces=traced))
-                raise
-            ending.sandbox_diff = sandbox_git_diff(sandbox)
-            trace(sandbox, "after")  # after the diff is taken: tracing cannot change it
-        ending.test_traces = traced
-        recorder.end(ending)
-    finally:
-        recorder.close()
-        prepared.cleanup()
-    return _write_files(output, instance_id, trajectory, ending)
+        ending = run_episode(model, sandbox, messages, recorder, request.loop, on_step)
+    except BaseException as error:
+        recorder.end(_failed(error, traced))
+        raise
+    ending.sandbox_diff = sandbox_git_diff(sandbox)
+    trace("after")
+    ending.test_traces = traced
+    return ending

@@ -9,13 +9,17 @@ from typing import Literal
 
 from agent.exports.common import ConvertError
 from agent.exports.cwm import read_cwm, write_cwm
+from agent.exports.cwm_traces import export_cwm_traces
+from agent.exports.mini_swe_agent import write_mini_swe_agent
 from agent.exports.swe_agent import write_swe_agent
 from agent.exports.swebench import write_swebench
 from traces.recorder import TrajectoryFormatError, read_trajectory, write_trajectory
 
 __all__ = ["ConvertError", "EXPORT_FORMATS", "export_files", "import_cwm_file"]
 
-EXPORT_FORMATS = ("swebench", "swe-agent", "cwm")
+EXPORT_FORMATS = ("swebench", "swe-agent", "mini-swe-agent", "cwm", "cwm-traces")
+# One file per trajectory, laid out as each tool's runner does: OUTPUT/<id>/<id><suffix>.
+PER_TRAJECTORY = {"swe-agent": (".traj", write_swe_agent), "mini-swe-agent": (".traj.json", write_mini_swe_agent)}
 
 
 def _file_name(instance_id: str) -> str:
@@ -28,11 +32,14 @@ def export_files(
 ) -> list[Path]:
     """`agent export`: read our trajectories and write them in format `to`; returns the files written.
 
-    swebench and cwm write one file (`output`) for all trajectories; swe-agent writes one `.traj` per
-    trajectory as SWE-agent lays them out, `output/<instance_id>/<instance_id>.traj`.
+    swebench and cwm write one file (`output`) for all trajectories; swe-agent and mini-swe-agent write
+    one file per trajectory as those tools lay them out, `output/<instance_id>/<instance_id>.traj` and
+    `output/<instance_id>/<instance_id>.traj.json`.
     """
     if to not in EXPORT_FORMATS:
         raise ConvertError(f"unknown export format {to!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if to == "cwm-traces":  # run directories or trajectories in, their test traces out (+ a manifest)
+        return export_cwm_traces(trajectory_paths, output)
     trajectories = []
     for path in trajectory_paths:
         try:
@@ -42,13 +49,14 @@ def export_files(
     if not trajectories:
         raise ConvertError("no trajectory to export")
     output = Path(output)
-    if to == "swe-agent":
+    if to in PER_TRAJECTORY:
+        suffix, write = PER_TRAJECTORY[to]
         written = []
         for trajectory in trajectories:
             name = _file_name(trajectory.header.instance_id)
-            target = output / name / f"{name}.traj"
+            target = output / name / f"{name}{suffix}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_swe_agent(trajectory, target)
+            write(trajectory, target)
             written.append(target)
         return written
     output.parent.mkdir(parents=True, exist_ok=True)

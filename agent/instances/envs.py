@@ -8,6 +8,10 @@ otherwise the registry's default applies. The image is built once per spec throu
 `images.build.ensure_repo_image` (tagged by a hash of base image + install commands), so every
 instance of a repository and version shares it and a changed recipe gets a new tag.
 
+A row may carry its own install spec instead (SWE-rebench's `install_config`: Python version,
+packages, test command): `spec_from_install` turns it into a spec of the same kind, so such rows get
+an environment image through the same build path.
+
 Python versions: only "system" (the base image's python3, 3.11 on Debian bookworm) is supported
 offline. Another interpreter needs a download that the package mirrors here do not offer, so such a
 spec is refused with a message; where a registry is reachable, give the spec a prebuilt `image`.
@@ -15,6 +19,8 @@ spec is refused with a message; where a registry is reachable, give the spec a p
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import shlex
@@ -26,7 +32,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from agent.instances.records import Instance
+from agent.instances.records import InstallConfig, Instance
 from images.build import IMAGES_DIR
 
 try:
@@ -106,11 +112,14 @@ class EnvRegistry(BaseModel):
         return self
 
     def for_instance(self, instance: Instance) -> EnvSpec:
-        """The spec for an instance: by name, else by repository and version, else the default.
+        """The spec for an instance: by name, else from the row's install spec, else by repository and
+        version, else the default.
 
         An instance's own `test_command` or `image` override the spec's.
         """
-        if instance.env:
+        if instance.install_config is not None and not instance.env:
+            spec = spec_from_install(instance, self.envs[self.default])
+        elif instance.env:
             if instance.env not in self.envs:
                 known = ", ".join(sorted(self.envs))
                 raise EnvError(f"{instance.instance_id}: unknown env {instance.env!r}; known: {known}")
@@ -174,6 +183,94 @@ def load_registry(paths: Iterable[Path] | None = None) -> EnvRegistry:
         return EnvRegistry(envs=envs, default=default or next(iter(envs)))
     except ValidationError as error:
         raise EnvError(f"environment specs: {error.errors()[0]['msg']}") from None
+
+
+# -- install specs carried by rows (SWE-rebench's install_config) ------------------------------------
+
+_APT = re.compile(r"^\s*(sudo\s+)?(apt-get|apt)\s")
+_CONDA_PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)=([^=<>!].*)$")
+
+
+def _pip_requirement(conda_spec: str) -> str:
+    """A conda package spec as pip reads it: `numpy=1.19` (conda: any 1.19.x) becomes `numpy==1.19.*`."""
+    pinned = _CONDA_PIN.match(conda_spec)
+    return f"{pinned.group(1)}=={pinned.group(2)}.*" if pinned else conda_spec
+
+
+def _pip_install(requirements: Iterable[str]) -> str:
+    return "python3 -m pip install --no-cache-dir " + " ".join(shlex.quote(r) for r in requirements)
+
+
+def _requirements_file(text: str) -> str:
+    """A build step writing requirements.txt from the row's text (base64: no quoting to get wrong)."""
+    encoded = base64.b64encode(text.encode()).decode()
+    return (f"echo {encoded} | base64 -d > /tmp/cwm-requirements.txt && "
+            "python3 -m pip install --no-cache-dir -r /tmp/cwm-requirements.txt && rm /tmp/cwm-requirements.txt")
+
+
+def _with_tests(command: str) -> str:
+    """Install specs name the command only; the harness appends the test files, as `{tests}` does here."""
+    return command if TESTS_PLACEHOLDER in command else f"{command} {TESTS_PLACEHOLDER}"
+
+
+def _offline_python(version: str | None, instance_id: str) -> str:
+    if version is None or version == "system" or version.split(".")[:2] == BASE_PYTHON.split("."):
+        return "system"
+    raise EnvError(f"{instance_id}: install_config.python: Python {version} is not available offline (the base "
+                   f"image has only Debian bookworm's python3 {BASE_PYTHON}); give the row an image that has it "
+                   "(docker_image or image), pulled or built where a registry is reachable")
+
+
+def _build_steps(config: InstallConfig, instance_id: str) -> tuple[list[str], list[str]]:
+    """(commands run when the image is built, with network; commands run in /testbed before the tests).
+
+    apt-get lines of pre_install need the network and no repository, so they run at build time; other
+    pre_install lines and `install` (e.g. `pip install -e .`) need the repository, so they run in the
+    sandbox, offline, as the spec's `setup`.
+    """
+    install = [c for c in config.pre_install if _APT.match(c)]
+    setup = [c for c in config.pre_install if not _APT.match(c)]
+    packages = (config.packages or "").strip()
+    if packages == "environment.yml":
+        raise EnvError(f"{instance_id}: install_config.packages: environment.yml needs conda, which the offline "
+                       "base image does not have; give the row an image (docker_image or image)")
+    if packages == "requirements.txt":
+        if not (config.requirements or "").strip():
+            raise EnvError(f"{instance_id}: install_config.packages is requirements.txt but the row carries no "
+                           "requirements text (SWE-rebench's `requirements` column)")
+        install.append(_requirements_file(config.requirements or ""))
+    elif packages:
+        install.append(_pip_install(_pip_requirement(p) for p in packages.split()))
+    if config.pip_packages:
+        install.append(_pip_install(config.pip_packages))
+    if config.install:
+        setup.append(config.install)
+    return install, setup
+
+
+def _spec_name(instance: Instance, steps: list[str]) -> str:
+    """Readable and shared: instances of one repository with the same steps build one image."""
+    slug = re.sub(r"[^a-z0-9]+", "-", instance.repo.lower()).strip("-")[-40:].strip("-") or "row"
+    digest = hashlib.sha256(json.dumps(steps).encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def spec_from_install(instance: Instance, base: EnvSpec) -> EnvSpec:
+    """The environment a row's install spec asks for (`base` gives what the spec leaves out).
+
+    With an image (SWE-rebench's docker_image) nothing is built: the image already holds what the spec
+    installs, and only its test command is read.
+    """
+    config = instance.install_config
+    assert config is not None
+    update: dict[str, Any] = {"test_command": _with_tests(config.test_cmd)} if config.test_cmd else {}
+    if instance.image:
+        return base.model_copy(update={**update, "image": instance.image, "install": [], "setup": []})
+    python = _offline_python(config.python, instance.instance_id)
+    install, setup = _build_steps(config, instance.instance_id)
+    return base.model_copy(update={**update, "name": _spec_name(instance, install + setup), "python": python,
+                                   "install": install, "setup": setup, "image": None, "repos": [],
+                                   "versions": []})
 
 
 _built: dict[str, str] = {}

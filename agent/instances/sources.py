@@ -2,6 +2,9 @@
 
 Sources:
 - SWE-bench files: a JSON array (or one object) or JSON Lines, one `agent.instances.records.Instance` each;
+- datasets as distributed (`agent.instances.datasets`): Parquet files, Hugging Face dataset folders
+  (`save_to_disk`, or a copy of a Hub repository) and Hub datasets by name; every row of these and of
+  the JSON files goes through its family's mapper (`agent.instances.mappers`);
 - a text file of GitHub issue URLs, one per line (read through `agent.instances.github.fetch_issue`);
 - a directory of local repositories with issue texts: DIR/<name>/repo/ + DIR/<name>/issue.md, and
   optionally DIR/<name>/instance.json holding any other Instance fields (tests, base commit...);
@@ -25,16 +28,20 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from agent.instances.records import Instance, Prediction
+from agent.instances.datasets import DatasetSource, folder_rows, hub_rows, is_hub_copy, is_saved_dataset, parquet_rows
+from agent.instances.mappers import check_unique as _check_unique
+from agent.instances.mappers import instances_from_rows
+from agent.instances.mappers import validate as _validate
+from agent.instances.records import Instance, InstanceSourceError, Prediction
 
 log = structlog.get_logger()
 
@@ -42,10 +49,6 @@ JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 OWNER_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 GITHUB_FETCH_WORKERS = 4
-
-
-class InstanceSourceError(ValueError):
-    """A source cannot be read; the one-line message names file, line or index, and field."""
 
 
 # -- error formatting ------------------------------------------------------------------------------
@@ -59,25 +62,8 @@ def _where(path: Path, line: int | None = None, index: int | None = None) -> str
     return str(path)
 
 
-def _first_error(error: ValidationError) -> str:
-    """`FIELD: message` for the first problem pydantic found (nested fields joined with dots)."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "record"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{field}: {message}"
-
-
 def _json_error(path: Path, error: json.JSONDecodeError, line: int | None = None) -> InstanceSourceError:
     return InstanceSourceError(f"{path}:{line or error.lineno}: invalid JSON: {error.msg} (column {error.colno})")
-
-
-def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise InstanceSourceError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise InstanceSourceError(f"{where}: {_first_error(error)}") from None
 
 
 # -- JSON and JSON Lines -----------------------------------------------------------------------------
@@ -122,47 +108,35 @@ def _jsonl_records(path: Path, text: str) -> list[tuple[str, Any]]:
     return records
 
 
-def _check_unique(items: Iterable[tuple[str, str]], kind: str = "instance_id") -> None:
-    seen: dict[str, str] = {}
-    for where, key in items:
-        if key in seen:
-            raise InstanceSourceError(f"{where}: {kind}: duplicate {key!r} (first at {seen[key]})")
-        seen[key] = where
-
-
 def load_json_instances(path: Path) -> list[Instance]:
-    """SWE-bench instances from a JSON array or JSON Lines file.
+    """SWE-bench instances from a JSON array or JSON Lines file, each row through its family's mapper.
 
     A relative `repo_path` is taken from the file's folder, so a fixture set can be moved as a whole.
     """
     path = Path(path)
-    instances: list[Instance] = []
-    located: list[tuple[str, str]] = []
-    for where, record in _json_records(path):
-        instance = _validate(Instance, record, where)
+    return instances_from_rows(_json_records(path), str(path), fix=_relative_to(path.parent))
+
+
+def _relative_to(folder: Path) -> Callable[[Instance], None]:
+    def fix(instance: Instance) -> None:
         if instance.repo_path and not Path(instance.repo_path).is_absolute():
-            instance.repo_path = str((path.parent / instance.repo_path).resolve())
-        instances.append(instance)
-        located.append((where, instance.instance_id))
-    _check_unique(located)
-    return instances
+            instance.repo_path = str((folder / instance.repo_path).resolve())
+    return fix
 
 
 def load_predictions(path: Path) -> list[Prediction]:
     """SWE-bench predictions (JSON Lines, a JSON array, or {instance_id: prediction}).
 
     A null `model_patch` (SWE-bench's files have them for runs that produced nothing) is an empty patch.
+    An instance may have several predictions, K samples of one method (CWM's eval_cli.py reads such
+    files): they are kept in file order, and agent.grading numbers them 0..K-1.
     """
     path = Path(path)
     predictions: list[Prediction] = []
-    located: list[tuple[str, str]] = []
     for where, record in _json_records(path):
         if isinstance(record, dict) and record.get("model_patch", "") is None:
             record = {**record, "model_patch": ""}
-        prediction = _validate(Prediction, record, where)
-        predictions.append(prediction)
-        located.append((where, prediction.instance_id))
-    _check_unique(located)
+        predictions.append(_validate(Prediction, record, where))
     return predictions
 
 
@@ -279,13 +253,35 @@ def _looks_like_url_list(path: Path) -> bool:
     return False
 
 
-def load_instances(path: Path | str) -> list[Instance]:
-    """Load instances from any supported source, chosen by what `path` is."""
-    path = Path(path)
+class LoadedSource(BaseModel):
+    """Instances already loaded, passed where a source is expected (e.g. to `agent eval`'s library call
+    after the command checked their environments), so a source is not read, nor reported on, twice."""
+
+    name: str
+    instances: list[Instance]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def load_instances(source: Path | str | DatasetSource | LoadedSource, split: str | None = None) -> list[Instance]:
+    """Load instances from any supported source, chosen by what `source` is.
+
+    `split` picks one split of a Hugging Face folder holding several (a DatasetSource has its own).
+    """
+    if isinstance(source, LoadedSource):
+        return list(source.instances)
+    if isinstance(source, DatasetSource):
+        return instances_from_rows(hub_rows(source), str(source), source.family)
+    path = Path(source)
+    if path.is_dir() and not _is_task_folder(path) and (is_saved_dataset(path) or is_hub_copy(path)):
+        return instances_from_rows(folder_rows(path, split), str(path), fix=_relative_to(path))
     if path.is_dir():
         return load_directory(path)
     if not path.exists():
         raise InstanceSourceError(f"{path}: no such file or directory")
+    if path.suffix == ".parquet":
+        return instances_from_rows(parquet_rows(path), str(path), fix=_relative_to(path.parent))
     if path.suffix not in JSON_SUFFIXES + JSONL_SUFFIXES and _looks_like_url_list(path):
         return load_issue_urls(path)
     return load_json_instances(path)

@@ -17,7 +17,8 @@ behind a proxy whose backend is down) is retried, the same request each time, fo
 `outage_s`, whatever `attempts` says. The episode simply waits and goes on where it was, and the
 same prompt refills the server's prefix cache. Past the bound the request fails with
 `ServerUnavailable`, which callers treat as an infrastructure failure (redone on resume), never as
-the model's. A server that never answered fails fast, so a wrong URL is reported in seconds.
+the model's. A server that never answered this process fails fast, so a wrong URL is reported in
+seconds; one that answered another client here (an earlier episode of the batch) is waited for too.
 Outages are reported to agent.models.health for the batch display.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -68,7 +70,11 @@ class ServerError(ModelError):
 
 class ServerUnavailable(ServerError):
     """A server that had answered stayed unreachable for longer than the outage bound: an
-    infrastructure failure, to be redone once the server is back (not the model's failure)."""
+    infrastructure failure, to be redone once the server is back (not the model's failure).
+    `down_since` (epoch seconds) is when this client first found it gone: a batch whose episodes run
+    in other processes learns the outage's age from it."""
+
+    down_since: float | None = None
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -261,10 +267,9 @@ class ServerClient:
     def request(self, method: str, path: str, body: dict[str, Any] | None, *, root: bool = False) -> Any:
         """Send with retries; return the decoded JSON or raise ServerError (one line)."""
         url = (self.root if root else self.api_base) + path
-        options = self.options
         retrying = Retrying(
             stop=self._stop,
-            wait=wait_exponential(multiplier=options.backoff_s, max=options.max_backoff_s),
+            wait=self._wait,
             retry=retry_if_exception(_is_retryable),
             before_sleep=self._log_retry,
             reraise=True,
@@ -299,7 +304,17 @@ class ServerClient:
 
     def _waits_out(self, error: BaseException | None) -> bool:
         """Is this failure an outage of a server that answered before, to be waited out?"""
-        return self.options.outage_s > 0 and self._answered and _is_gone(error)
+        answered = self._answered or health.has_answered(self.api_base)  # to this client or another one here
+        return self.options.outage_s > 0 and answered and _is_gone(error)
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Exponential backoff; while waiting out an outage, never past its bound, so the last try comes
+        at the bound and ServerUnavailable is raised then, not up to one backoff later."""
+        delay = wait_exponential(multiplier=self.options.backoff_s, max=self.options.max_backoff_s)(state)
+        error = state.outcome.exception() if state.outcome else None
+        if self._waits_out(error):
+            return max(0.0, min(delay, self.options.outage_s - state.seconds_since_start))
+        return delay
 
     def _stop(self, state: RetryCallState) -> bool:
         """Stop after `attempts` tries or `max_total_s`, except while a server that answered before is
@@ -314,10 +329,12 @@ class ServerClient:
         if not self._waits_out(error):
             return
         waited = retrying.statistics.get("delay_since_first_attempt", 0.0)
-        raise ServerUnavailable(
+        unavailable = ServerUnavailable(
             f"{self.label} at {self.api_base} went away and did not come back within {waited:.0f} s "
             f"(outage bound {self.options.outage_s:g} s); restart it, then rerun with --resume"
-        ) from None
+        )
+        unavailable.down_since = time.time() - waited
+        raise unavailable from None
 
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

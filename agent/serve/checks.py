@@ -202,13 +202,14 @@ def _checkpoint_bytes(model_dir: Path) -> tuple[int, str] | None:
     return None
 
 
-def kv_bytes_per_gpu(config: Mapping[str, Any], max_model_len: int, tp: int) -> int:
-    """KV cache one `max_model_len` sequence needs on each GPU (bf16; sliding layers keep a window)."""
+def kv_bytes_per_gpu(config: Mapping[str, Any], max_model_len: int, tp: int, kv_cache_dtype: str | None = None) -> int:
+    """KV cache one `max_model_len` sequence needs on each GPU (bf16, or one byte a value with an fp8
+    KV cache; sliding layers keep a window)."""
     hidden, heads, layers = (config.get(k, 0) for k in ("hidden_size", "num_attention_heads",
                                                         "num_hidden_layers"))
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or (hidden // heads if heads else 0)
-    per_token_layer = 2 * kv_heads * head_dim * BF16_BYTES  # K and V
+    per_token_layer = 2 * kv_heads * head_dim * (1 if kv_cache_dtype == "fp8" else BF16_BYTES)  # K and V
     window = config.get("sliding_window")
     types = config.get("layer_types") or []
     sliding = sum(1 for t in types if t == "sliding_attention") if window else 0
@@ -217,25 +218,29 @@ def kv_bytes_per_gpu(config: Mapping[str, Any], max_model_len: int, tp: int) -> 
     return per_token_layer * tokens // max(1, min(tp, kv_heads))
 
 
-def _need_per_gpu(weights: int, config: Mapping[str, Any], max_model_len: int, tp: int) -> int:
-    return weights // tp + kv_bytes_per_gpu(config, max_model_len, tp) + RUNTIME_RESERVE_BYTES
+def _need_per_gpu(weights: int, config: Mapping[str, Any], max_model_len: int, tp: int,
+                  kv_cache_dtype: str | None = None) -> int:
+    return weights // tp + kv_bytes_per_gpu(config, max_model_len, tp, kv_cache_dtype) + RUNTIME_RESERVE_BYTES
 
 
 def _largest_fitting_len(weights: int, config: Mapping[str, Any], tp: int, usable: float,
-                         current: int) -> int | None:
+                         current: int, kv_cache_dtype: str | None) -> int | None:
     """The longest context (a multiple of 1024 below `current`) that fits, or None."""
+    def need(length: int) -> int:
+        return _need_per_gpu(weights, config, length, tp, kv_cache_dtype)
+
     low, high = 0, current // 1024 - 1
     while low < high:
         middle = (low + high + 1) // 2
-        if _need_per_gpu(weights, config, middle * 1024, tp) <= usable:
+        if need(middle * 1024) <= usable:
             low = middle
         else:
             high = middle - 1
-    return low * 1024 if low > 0 and _need_per_gpu(weights, config, low * 1024, tp) <= usable else None
+    return low * 1024 if low > 0 and need(low * 1024) <= usable else None
 
 
 def check_fit(model_dir: Path, tp: int, max_model_len: int, utilization: float, gpus: GpuInventory,
-              quantization: str | None = None) -> str:
+              quantization: str | None = None, kv_cache_dtype: str | None = None) -> str:
     """Raise if the model clearly cannot fit; otherwise say what was estimated (or why not)."""
     config = read_config(model_dir)
     found = served_weight_bytes(model_dir, config, quantization)
@@ -244,21 +249,22 @@ def check_fit(model_dir: Path, tp: int, max_model_len: int, utilization: float, 
     weights, how = found
     memory = min(gpus.memory_bytes[:tp])
     usable = memory * utilization
-    kv = kv_bytes_per_gpu(config, max_model_len, tp)
+    kv = kv_bytes_per_gpu(config, max_model_len, tp, kv_cache_dtype)
     need = weights // tp + kv + RUNTIME_RESERVE_BYTES
+    kv_kind = "FP8 KV cache" if kv_cache_dtype == "fp8" else "KV cache"
     summary = (f"about {need / GIB:.1f} GiB per GPU ({weights / GIB:.1f} GiB weights"
-               f"{f' over {tp} GPUs' if tp > 1 else ''} + {kv / GIB:.1f} GiB KV cache for {max_model_len} "
+               f"{f' over {tp} GPUs' if tp > 1 else ''} + {kv / GIB:.1f} GiB {kv_kind} for {max_model_len} "
                f"tokens + {RUNTIME_RESERVE_BYTES / GIB:.0f} GiB runtime; {how})")
     if need <= usable:
         return f"fits: {summary} of {usable / GIB:.1f} GiB usable"
     heads = config.get("num_attention_heads", 1)
     bigger = [t for t in (2, 4, 8, 16) if t > tp and heads % t == 0
-              and _need_per_gpu(weights, config, max_model_len, t) <= usable]
-    shorter = _largest_fitting_len(weights, config, tp, usable, max_model_len)
+              and _need_per_gpu(weights, config, max_model_len, t, kv_cache_dtype) <= usable]
+    shorter = _largest_fitting_len(weights, config, tp, usable, max_model_len, kv_cache_dtype)
     options = ([f"--tp {bigger[0]}"] if bigger else []) + ([f"--max-model-len {shorter}"] if shorter else [])
     if quantization != "fp8":
         halved = served_weight_bytes(model_dir, config, "fp8")
-        if halved is not None and _need_per_gpu(halved[0], config, max_model_len, tp) <= usable:
+        if halved is not None and _need_per_gpu(halved[0], config, max_model_len, tp, kv_cache_dtype) <= usable:
             options.append("--quantization fp8")
     advice = " or ".join(options) if options else "bigger or more GPUs"
     raise ServeError(f"the model does not fit: it needs {summary} but {usable / GIB:.1f} GiB is usable "

@@ -39,11 +39,12 @@ from types import FrameType
 from typing import Any, Literal, TextIO
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.protocol.prompts import CONTEXT_SIZE
 from agent.protocol.render import BEGIN_OF_TEXT_ID, STOP_TOKEN_IDS
 from agent.serve.checks import ServeError, check_fit, check_gpus, check_vllm, visible_gpus
+from agent.serve.presets import PRESETS, PresetName, fill_from_preset
 
 log = structlog.get_logger("agent.serve.launcher")
 
@@ -80,6 +81,15 @@ class ServeOptions(BaseModel):
     quantization: Literal["fp8"] | None = Field(
         default=None, description="fp8: vLLM quantizes the linear layers to FP8 while loading (Hopper and "
         "newer): half the bytes read per decoded token, so 32B fits one 80 GB GPU with room for KV cache")
+    kv_cache_dtype: Literal["auto", "fp8"] | None = Field(
+        default=None, description="fp8: KV cache in FP8, twice the cached tokens in the same memory; auto: the "
+        "model's dtype (vLLM's default)")
+    max_num_seqs: int | None = Field(default=None, ge=1, description="most sequences decoded at once "
+                                     "(None: vLLM's default)")
+    max_num_batched_tokens: int | None = Field(default=None, ge=16, description="tokens per scheduler step, "
+                                               "the chunked-prefill budget (None: vLLM's default)")
+    preset: PresetName | None = Field(default=None, description="named settings for a workload "
+                                      "(agent.serve.presets); options given explicitly win")
     extra_args: list[str] = Field(default_factory=list, description="passed to vLLM as they are")
     python: str = Field(default_factory=lambda: sys.executable, description="interpreter that runs vLLM")
     command_override: list[str] | None = Field(
@@ -90,6 +100,11 @@ class ServeOptions(BaseModel):
     startup_timeout_s: float = Field(default=900.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     skip_preflight: bool = Field(default=False, description="skip the GPU count and fit checks")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return fill_from_preset(data) if isinstance(data, dict) else data
 
     @property
     def generation_config_dir(self) -> Path:
@@ -132,6 +147,9 @@ def build_command(options: ServeOptions) -> list[str]:
         "--gpu-memory-utilization", str(options.gpu_memory_utilization),
         "--load-format", options.load_format,
         *(["--quantization", options.quantization] if options.quantization else []),
+        *(["--kv-cache-dtype", options.kv_cache_dtype] if options.kv_cache_dtype else []),
+        *(["--max-num-seqs", str(options.max_num_seqs)] if options.max_num_seqs else []),
+        *(["--max-num-batched-tokens", str(options.max_num_batched_tokens)] if options.max_num_batched_tokens else []),
         "--enable-prefix-caching",
         "--enable-prompt-tokens-details",
         "--generation-config", str(options.generation_config_dir),
@@ -190,7 +208,8 @@ def preflight(options: ServeOptions, env: Mapping[str, str] | None = None) -> No
     check_gpus(options.tp, gpus)
     if looks_local:
         log.info("fit", estimate=check_fit(model_dir, options.tp, options.max_model_len,
-                                           options.gpu_memory_utilization, gpus, options.quantization))
+                                           options.gpu_memory_utilization, gpus, options.quantization,
+                                           options.kv_cache_dtype))
 
 
 def _check_port_free(options: ServeOptions) -> None:
@@ -401,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--served-model-name")
     parser.add_argument("--load-format", choices=["auto", "dummy"])
     parser.add_argument("--quantization", choices=["fp8"])
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"])
+    parser.add_argument("--max-num-seqs", type=int)
+    parser.add_argument("--max-num-batched-tokens", type=int)
+    parser.add_argument("--preset", choices=sorted(PRESETS))
     parser.add_argument("--startup-timeout", type=float, dest="startup_timeout_s")
     parser.add_argument("--skip-preflight", action="store_true", default=None)
     parser.add_argument("--log-file", type=Path, help="vLLM's output (default: STATE_DIR/vllm-PORT.log)")

@@ -98,7 +98,26 @@ class RunSummary:
             "started_at": header.started_at.isoformat() if header else None,
             "torn_tail": self.tail.torn_tail,
             "problems": len(self.tail.problems),
+            **trace_counts(ending),
         }
+
+
+def trace_counts(ending: Ending | None) -> dict[str, Any]:
+    """A row's test traces (`--trace-tests`, solve or batch): how many have a trace, and a one-line tally.
+
+    Why in the run table: in a batch run each row is one instance's episode; the count says which
+    rows have a Traces tab, and the tally (`before: 2 failed · after: 2 passed`) which episodes turned
+    failing tests into passing ones, without opening them.
+    """
+    records = ending.test_traces if ending is not None else []
+    tally: dict[str, dict[str, int]] = {}
+    for record in records:
+        outcomes = tally.setdefault(record.phase, {})
+        outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
+    summary = " · ".join(f"{phase}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(tally[phase].items()))
+                         for phase in ("before", "after") if phase in tally)
+    return {"traces": sum(record.path is not None for record in records) or None, "traces_listed": len(records),
+            "trace_summary": summary}
 
 
 class LoadedTrajectory:

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.worldmodel.frames import Trace, read_trace, resolved_locals
 from agent.worldmodel.traced_tests import OUTPUT_FILE, SOURCES_FILE, TRACE_FILE
-from agent.worldmodel.tracer import UNCHANGED
+from agent.worldmodel.tracer import UNCHANGED, physical_lines
 from traces.schema import TracedTest
 
 OUTPUT_LIMIT = 64 * 1024
@@ -62,7 +62,8 @@ def read_sources(directory: Path) -> dict[str, str]:
 
 
 def _lines(source: str) -> list[str]:
-    return [line.rstrip("\r\n") for line in source.splitlines(keepends=True)]
+    """Lines numbered as Python numbers them (a form feed does not end a line), endings dropped."""
+    return [line.rstrip("\r\n") for line in physical_lines(source)]
 
 
 def trace_document(directory: Path, record: TracedTest) -> dict[str, Any]:

@@ -206,12 +206,13 @@ def debug_command(*, file: Path, function: str | None = None, args: str | None =
                   read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> int:
     """What `agent debug` does; returns the exit code (0 ok, 1 some prediction diverged in a report)."""
     from agent.worldmodel.run import TraceError, open_sandbox, stage_inputs, trace_function
+    from agent.worldmodel.tracer import decode_source
 
     host_file = Path(file)
     if not host_file.is_file() and repo is not None and (Path(repo) / host_file).is_file():
         host_file = Path(repo) / host_file
     try:
-        source = host_file.read_text(encoding="utf-8")
+        source = decode_source(host_file.read_bytes())  # PEP 263: a latin-1 module is valid Python
     except OSError as error:
         raise TraceError(f"cannot read {file}: {error.strerror}") from None
     calls = collect_calls(source=source, function=function, args=args, args_py=args_py, calls_file=calls_file,

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, TypeAdapter
 
 from agent.protocol.render import BEGIN_OF_TEXT, END_OF_TEXT
-from agent.worldmodel.tracer import FINISHED, START_MARKER, UNCHANGED, normalize_text
+from agent.worldmodel.tracer import FINISHED, MARKER_TAIL, UNCHANGED, mark_source, normalize_text
 
 FRAME_SEP = "<|frame_sep|>"
 ACTION_SEP = "<|action_sep|>"
@@ -157,14 +157,12 @@ def dump_trace(trace: Trace) -> str:
 
 
 def mark_entry(source: str, line: int) -> str:
-    """`source` with `  # << START_OF_TRACE` appended to line `line` (1-based), line endings kept."""
-    lines = source.splitlines(keepends=True)
-    if not 1 <= line <= len(lines):
-        raise ValueError(f"entry line {line} is outside the source ({len(lines)} lines)")
-    text = lines[line - 1]
-    body = text.rstrip("\r\n")
-    lines[line - 1] = body + START_MARKER + text[len(body):]
-    return "".join(lines)
+    """The context: `source` with one `  # << START_OF_TRACE`, on line `line` (1-based).
+
+    Markers the program already carries (CWM's demos write one) are removed first, so the text
+    has exactly one, on the real entry; line endings are kept (`tracer.mark_source`).
+    """
+    return mark_source(source, line)
 
 
 def context_prompt(source: str, entry_line: int) -> str:
@@ -251,8 +249,9 @@ def normalize_source(line: str | None) -> str | None:
     if line is None:
         return None
     text = line.rstrip("\r\n")
-    if text.endswith(START_MARKER.strip()):
-        text = text[: -len(START_MARKER.strip())]
+    marker = MARKER_TAIL.search(text)
+    if marker is not None:
+        text = text[: marker.start()]
     return text.rstrip()
 
 

@@ -12,8 +12,14 @@ work directory, which is removed afterwards; and whatever the test itself left i
 undone (`git status` before and after: new paths are cleaned, files changed from a clean state are
 checked out again).
 
-A test that cannot be traced (no such test, a tracer bound hit, a broken session) is recorded in
-its `TracedTest` with the reason; it never ends the episode.
+A test that cannot be traced (no such test, a tracer bound hit, a broken session, the phase's
+budget spent, a test patch that does not apply) is recorded in its `TracedTest` with the reason; it
+never ends the episode.
+
+SWE-bench-style instances keep their FAIL_TO_PASS tests in a separate test patch: `test_patch` is
+applied for the phase's traces (the files it touches first put back as at HEAD, as graders do) and
+undone afterwards, so the model never sees it. Each phase has a `TraceBudget` over all its tests
+together (frames, bytes, seconds), so `agent batch --trace-tests all` cannot double an episode.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ import re
 import shlex
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import structlog
+from pydantic import BaseModel, Field
 
 from agent.worldmodel.frames import Trace
 from agent.worldmodel.run import WORK_DIR, TraceError, TraceLimits, TraceResult, split_node_id, trace_test
+from agent.worldmodel.tracer import decode_source
 from sandbox.base import CommandResult, Sandbox
 from traces.schema import TracedTest
 
@@ -48,6 +58,54 @@ Phase = Literal["before", "after"]
 Outcome = Literal["passed", "failed", "error", "unknown"]
 # git must not rewrite the index while the model is not looking (a refresh changes .git/index).
 GIT = "GIT_OPTIONAL_LOCKS=0 git -c core.quotepath=off"
+TEST_PATCH = f"{WORK_DIR}/test.patch"
+MIN_TEST_SECONDS = 1.0  # less left in a phase's budget than this: the remaining tests are not started
+
+
+class TraceBudget(BaseModel):
+    """Bounds on ALL the tests of one phase (before, or after) of one episode, on top of each test's
+    own `TraceLimits`: a test gets the smaller of its limit and what the phase has left, and once a
+    bound is spent the phase's remaining tests are recorded as not traced.
+
+    Why per phase and not per episode: a training pair needs the same test before and after, so the
+    after phase must not starve because the before phase spent everything. A phase can overrun
+    `max_seconds` by one test's kill grace (`run.KILL_GRACE_S`) at most.
+    """
+
+    max_frames: int = Field(100_000, ge=1, description="frames of all the phase's traces together")
+    max_seconds: float = Field(300.0, gt=0, description="wall clock of the whole phase")
+    max_bytes: int = Field(32_000_000, ge=1024, description="trace JSON bytes of all the phase's traces together")
+
+
+class _Spending:
+    """What a phase has used of its budget; hands out each test's limits."""
+
+    def __init__(self, budget: TraceBudget) -> None:
+        self.budget = budget
+        self.started = time.monotonic()
+        self.frames = 0
+        self.bytes = 0
+
+    def limits_for(self, limits: TraceLimits) -> tuple[TraceLimits | None, str | None]:
+        """(the next test's limits, None) or (None, why the budget allows no more tests)."""
+        budget = self.budget
+        seconds = budget.max_seconds - (time.monotonic() - self.started)
+        left = {"max_frames": budget.max_frames - self.frames, "max_bytes": budget.max_bytes - self.bytes,
+                "max_seconds": seconds}
+        floor = {"max_frames": 1, "max_bytes": 1024, "max_seconds": MIN_TEST_SECONDS}
+        for name, value in left.items():
+            if value < floor[name]:
+                return None, (f"not traced: the phase's trace budget is spent ({name} "
+                              f"{getattr(budget, name):g} for all its tests together)")
+        return limits.model_copy(update={name: min(getattr(limits, name), value) for name, value in left.items()}), None
+
+    def spend(self, record: TracedTest, base: Path) -> None:
+        self.frames += record.frames
+        if record.path is not None:
+            try:
+                self.bytes += (base / record.path / TRACE_FILE).stat().st_size
+            except OSError:
+                pass
 
 
 def check_node_id(node_id: str) -> str:
@@ -148,7 +206,7 @@ def tree_state(sandbox: Sandbox, repo: str) -> dict[str, str] | None:
     return state
 
 
-def restore_tree(sandbox: Sandbox, repo: str, before: dict[str, str]) -> list[str]:
+def restore_tree(sandbox: Sandbox, repo: str, before: dict[str, str], expected: bool = False) -> list[str]:
     """Undo what a test left in the repository since `before`; returns the paths it touched.
 
     New untracked or ignored paths are removed (`git clean`); a tracked file that was clean before
@@ -168,7 +226,8 @@ def restore_tree(sandbox: Sandbox, repo: str, before: dict[str, str]) -> list[st
         commands.append(f"{GIT} checkout -q -- " + " ".join(shlex.quote(f":(literal){p}") for p in changed))
     if commands:
         sandbox.run(f"cd {shlex.quote(repo)} && " + " && ".join(commands), aside=True)
-        log.warning("trace_tests.tree_restored", created=created, changed=changed)
+        # `expected`: undoing the test patch, not a test's side effects.
+        (log.info if expected else log.warning)("trace_tests.tree_restored", created=created, changed=changed)
     return created + changed
 
 
@@ -190,21 +249,89 @@ def outcome_of(trace: Trace) -> tuple[Outcome, str | None]:
 
 
 def trace_phase(sandbox: Sandbox, node_ids: list[str], phase: Phase, root: Path, base: Path,
-                limits: TraceLimits | None = None) -> list[TracedTest]:
+                limits: TraceLimits | None = None, budget: TraceBudget | None = None,
+                test_patch: str = "") -> list[TracedTest]:
     """Trace every node id in the sandbox's repository; write each trace under `root/phase/`.
 
-    `base` is the trajectory's directory: the records' paths are relative to it. Never raises for
-    a test that cannot be traced (KeyboardInterrupt and SystemExit still pass).
+    `base` is the trajectory's directory: the records' paths are relative to it. `test_patch` (the
+    instance's, possibly empty) is applied for these traces only. Never raises for a test that
+    cannot be traced (KeyboardInterrupt and SystemExit still pass).
     """
     repo = sandbox.config.workdir
     scratch = f"{WORK_DIR}/tmp"
     box = AsideSandbox(sandbox, prelude=f"export TMPDIR={scratch}; mkdir -p {scratch}\n")
-    records = [_trace_one(box, repo, node_id, phase, root, base, limits) for node_id in node_ids]
+    spending = _Spending(budget or TraceBudget())
+    records: list[TracedTest] = []
+    with _test_patch_applied(box, repo, test_patch) as refused:
+        for node_id in node_ids:
+            bounded, why = (None, refused) if refused else spending.limits_for(limits or TraceLimits())
+            if bounded is None:
+                records.append(TracedTest(node_id=node_id, phase=phase, error=why))
+                continue
+            records.append(_trace_one(box, repo, node_id, phase, root, base, bounded))
+            spending.spend(records[-1], base)
     try:
         box.run(f"rm -rf {WORK_DIR}")  # the tracer and its scratch files: nothing is left in /tmp
     except Exception as error:  # noqa: BLE001 - a broken sandbox is the episode's problem, not tracing's
         log.warning("trace_tests.cleanup_failed", error=str(error))
     return records
+
+
+@contextmanager
+def _test_patch_applied(box: Sandbox, repo: str, patch: str) -> Iterator[str | None]:
+    """Apply `patch` for the duration of the block (yields why it could not be, or None); undo it after.
+
+    Undoing is `restore_tree` to the state before: files the patch created are removed, files it
+    changed from a clean state are checked out. After the episode, files the model had changed too
+    keep the patch's version (the diff was taken before, and the sandbox is closed next).
+    """
+    if not patch.strip():
+        yield None
+        return
+    state = None
+    try:
+        state = tree_state(box, repo)
+        refused = _apply_test_patch(box, repo, patch)
+    except Exception as error:  # noqa: BLE001 - the tests are then recorded as not traced
+        refused = f"the test patch could not be applied: {error.__class__.__name__}: {error}"
+    try:
+        yield refused
+    finally:
+        if state is not None:
+            try:
+                restore_tree(box, repo, state, expected=True)
+            except Exception as error:  # noqa: BLE001 - as in _trace_one
+                log.warning("trace_tests.test_patch_not_undone", error=str(error))
+
+
+def _apply_test_patch(box: Sandbox, repo: str, patch: str) -> str | None:
+    """`git apply` the patch; if the working tree has other versions of its files (the model edited a
+    test), put those files back as at HEAD and apply again. Returns why it failed, or None."""
+    box.run(f"mkdir -p {WORK_DIR}")
+    box.write_file(TEST_PATCH, (patch if patch.endswith("\n") else patch + "\n").encode("utf-8"))
+    where = f"cd {shlex.quote(repo)} && "
+    if box.run(f"{where}{GIT} apply {TEST_PATCH}").exit_code == 0:
+        return None
+    paths = _patch_paths(box.run(f"{where}{GIT} apply --numstat -z {TEST_PATCH}").output)
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    tracked = set(box.run(f"{where}{GIT} ls-tree -r -z --name-only HEAD -- {quoted}").output.split("\0")) - {""}
+    steps = [f"{GIT} checkout -q HEAD -- {' '.join(shlex.quote(p) for p in sorted(tracked))}" if tracked else "true",
+             f"rm -rf -- {' '.join(shlex.quote(p) for p in paths if p not in tracked)}", f"{GIT} apply {TEST_PATCH}"]
+    applied = box.run(where + " && ".join(steps))
+    if applied.exit_code == 0:
+        return None
+    return "not traced: the test patch does not apply: " + (applied.output.strip().splitlines() or ["?"])[-1][:300]
+
+
+def _patch_paths(numstat: str) -> list[str]:
+    """The paths of `git apply --numstat -z`: `added TAB deleted TAB path NUL`, or for a rename
+    `added TAB deleted TAB NUL old NUL new NUL` (both sides are returned)."""
+    paths: set[str] = set()
+    for field in numstat.split("\0"):
+        name = field.split("\t", 2)[2] if field.count("\t") >= 2 else field
+        if name:
+            paths.add(name)
+    return sorted(paths)
 
 
 def _trace_one(box: AsideSandbox, repo: str, node_id: str, phase: Phase, root: Path, base: Path,
@@ -255,7 +382,7 @@ def write_sources(box: Sandbox, repo: str, trace: Trace, directory: Path) -> Non
             log.info("trace_tests.source_unreadable", file=name, error=str(error))
             continue
         if len(data) <= MAX_SOURCE_BYTES:
-            sources[name] = data.decode("utf-8", errors="replace")
+            sources[name] = decode_source(data)  # as the frames have it: PEP 263, universal newlines
     (directory / SOURCES_FILE).write_text(json.dumps(sources, ensure_ascii=False), encoding="utf-8")
 
 

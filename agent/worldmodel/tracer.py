@@ -38,6 +38,10 @@ EXCLUDED_PATH_PARTS = ("/site-packages/", "/dist-packages/")
 CO_OPTIMIZED = 0x0001  # set for function scopes; unset for module and class bodies
 CO_SUSPENDABLE = 0x0020 | 0x0100 | 0x0200  # generator, coroutine, async generator
 YIELD_VALUE = dis.opmap["YIELD_VALUE"]
+# The instructions a return event stops at when the frame returns or yields (RETURN_CONST is 3.12's);
+# at any other, an exception is leaving the frame.
+LEAVING_NORMALLY = frozenset(dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST", "YIELD_VALUE")
+                             if name in dis.opmap)
 DEFAULT_LIMITS = {"max_frames": 10_000, "max_seconds": 30.0, "max_bytes": 16_000_000, "max_repr_chars": 500}
 EXIT_OK, EXIT_SETUP_ERROR, EXIT_BOUND = 0, 2, 3
 FINISHED = ("returned", "raised")
@@ -169,11 +173,126 @@ def _emit_container(value, kind, out: _Pieces, active: set[int]) -> None:  # noq
 
 # --- source ---------------------------------------------------------------------------------------
 
+# A START_OF_TRACE comment as people write it (CWM's demos put `  # << START_OF_TRACE` at the end of
+# the entry's def line); matched at the end of a comment token, with the blanks before it.
+MARKER_TAIL = re.compile(r"[ \t\f]*#[ \t]*<<[ \t]*START_OF_TRACE[ \t\f]*$")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
 
 def read_source(path: str) -> str:
     """A source file as Python reads it (PEP 263 encoding declaration honoured)."""
     with tokenize.open(path) as handle:
         return handle.read()
+
+
+def decode_source(data: bytes) -> str:
+    """Source bytes as `read_source` gives them: PEP 263 encoding (BOM dropped), universal newlines.
+
+    Why: a file read back from the sandbox (the viewer's sources) must show the same text as the
+    frames, which Python decoded; decoding every file as UTF-8 would garble a latin-1 module.
+    """
+    import io
+
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        text = data.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        text = data.decode("utf-8", errors="replace")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def physical_lines(source: str) -> list[str]:
+    """The lines of `source` as Python numbers them, each with its ending.
+
+    Why not `str.splitlines`: it also breaks at form feeds, `\\x1c`-`\\x1e`, `\\x85`, U+2028 and
+    U+2029, which Python does not count as line ends (a form feed between functions is common in
+    older code), so line numbers from the interpreter would point at the wrong text.
+    """
+    return _LINE.findall(source)
+
+
+def _tokens(source: str) -> list[tokenize.TokenInfo]:
+    """The source's tokens; those before an error only (the source may not be valid Python)."""
+    lines = iter(physical_lines(source))
+    found: list[tokenize.TokenInfo] = []
+    try:
+        for token in tokenize.generate_tokens(lambda: next(lines, "")):
+            found.append(token)
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return found
+
+
+def marker_columns(source: str) -> dict[int, int]:
+    """line -> column where a START_OF_TRACE comment (and the blanks before it) starts.
+
+    Found among comment tokens only, so a string holding the marker's text is not one.
+    """
+    if "START_OF_TRACE" not in source:
+        return {}
+    found: dict[int, int] = {}
+    lines = physical_lines(source)
+    for token in _tokens(source):
+        if token.type != tokenize.COMMENT:
+            continue
+        match = MARKER_TAIL.search(token.string)
+        if match is None:
+            continue
+        line, column = token.start
+        if match.start() == 0 or not token.string[: match.start()].strip():
+            text = lines[line - 1]
+            found[line] = len(text[:column].rstrip(" \t\f"))  # the whole comment is the marker
+        else:
+            found[line] = column + match.start()
+    return found
+
+
+def strip_marker(line: str, column: int | None) -> str:
+    """`line` without the marker comment that starts at `column` (its ending kept)."""
+    if column is None:
+        return line
+    body = line.rstrip("\r\n")
+    return line[:column] + line[len(body):]
+
+
+def strip_markers(source: str) -> str:
+    """`source` with every START_OF_TRACE comment removed (line count and endings unchanged)."""
+    columns = marker_columns(source)
+    if not columns:
+        return source
+    lines = physical_lines(source)
+    return "".join(strip_marker(text, columns.get(number)) for number, text in enumerate(lines, start=1))
+
+
+def marker_line(source: str, line: int) -> int:
+    """The line of the entry's marker: `line` (the `def`), or the first line after it that can end
+    in a comment.
+
+    A `def` line continued by a backslash, or ending inside a string (a multi-line default), cannot
+    carry a comment; the marker then goes to the first later line of the signature that ends a
+    physical line of code (where tokenize sees NL or NEWLINE).
+    """
+    ends = {token.start[0] for token in _tokens(source) if token.type in (tokenize.NL, tokenize.NEWLINE)}
+    following = [number for number in ends if number >= line]
+    return min(following) if following else line
+
+
+def mark_source(source: str, line: int) -> str:
+    """The prompt's context: markers already in `source` removed, then `  # << START_OF_TRACE`
+    appended to line `line` (1-based), after its code (trailing blanks dropped on that line only).
+
+    Programs written for CWM often carry the marker already (its demos do): it must appear once,
+    on the entry, and nowhere else.
+    """
+    lines = physical_lines(strip_markers(source))
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"entry line {line} is outside the source ({len(lines)} lines)")
+    text = lines[line - 1]
+    body = text.rstrip("\r\n")
+    lines[line - 1] = body.rstrip(" \t\f") + START_MARKER + text[len(body):]
+    return "".join(lines)
 
 
 def definition_line(source: str, qualname: str) -> int | None:
@@ -196,6 +315,21 @@ def definition_line(source: str, qualname: str) -> int | None:
     return getattr(found, "lineno", None)
 
 
+def def_lines(source: str) -> dict[int, int]:
+    """first decorator line -> `def` line, for every decorated function and class of `source`.
+
+    Why: CPython 3.11 reports a decorated function's call at its first decorator; the frame shows
+    the `def` line, which a scan of the text cannot find reliably (decorator arguments can span
+    blank lines, comments and strings).
+    """
+    found: dict[int, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        decorators = getattr(node, "decorator_list", None)
+        if decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found[min(d.lineno for d in decorators)] = node.lineno
+    return found
+
+
 def module_entry_line(source: str) -> int:
     """Where a module-level trace starts: the last line of the first logical line of code.
 
@@ -203,13 +337,9 @@ def module_entry_line(source: str) -> int:
     logical line is the first place where a trailing comment (the START_OF_TRACE marker) cannot
     fall inside a multi-line string.
     """
-    lines = iter(source.splitlines(keepends=True))
-    try:
-        for token in tokenize.generate_tokens(lambda: next(lines, "")):
-            if token.type == tokenize.NEWLINE:
-                return token.start[0]
-    except (tokenize.TokenError, SyntaxError):
-        pass
+    for token in _tokens(source):
+        if token.type == tokenize.NEWLINE:
+            return token.start[0]
     return 1
 
 
@@ -264,6 +394,8 @@ class Tracer:
         self.scopes: dict[object, _Scope] = {}
         self.next_scope = 0
         self._def_lines: dict[object, int] = {}
+        self._decorated: dict[str, dict[int, int]] = {}  # per file: first decorator line -> def line
+        self._markers: dict[str, dict[int, int]] = {}  # per file: line -> START_OF_TRACE column
         self._names: dict[str, str] = {}
         self._finish_lock = threading.Lock()
         self._finished = False
@@ -302,7 +434,7 @@ class Tracer:
         elif event == "exception":
             self._frame("exception", frame, scope, frame.f_lineno, render_value(arg[1], self.max_chars))
         elif event == "return":
-            unwinding = scope.last_event == "exception"
+            unwinding = _unwinding(frame)
             self._frame("return", frame, scope, frame.f_lineno, render_value(arg, self.max_chars), unwinding)
             del self.scopes[frame]
             if frame is self.entry_frame and (unwinding or not _suspended(frame)):
@@ -367,7 +499,7 @@ class Tracer:
             return self._cached_line(code, lambda: module_entry_line(read_source(code.co_filename)))
         if frame.f_lineno != code.co_firstlineno:
             return frame.f_lineno
-        return self._cached_line(code, lambda: _skip_decorators(code.co_filename, code.co_firstlineno))
+        return self._cached_line(code, lambda: self._def_line(code.co_filename, code.co_firstlineno))
 
     def _cached_line(self, code, compute) -> int:  # noqa: ANN001
         line = self._def_lines.get(code)
@@ -379,9 +511,25 @@ class Tracer:
             self._def_lines[code] = line
         return line
 
-    @staticmethod
-    def _line(filename: str, lineno: int) -> str:
-        text = linecache.getline(filename, lineno)
+    def _def_line(self, filename: str, first: int) -> int:
+        """The `def` line of a function whose code starts at `first` (its first decorator, if any)."""
+        if not linecache.getline(filename, first).lstrip().startswith("@"):
+            return first
+        decorated = self._decorated.get(filename)
+        if decorated is None:  # parsed once per file, and only for files with a decorated call
+            try:
+                decorated = def_lines("".join(linecache.getlines(filename)))
+            except (SyntaxError, ValueError):
+                decorated = {}
+            self._decorated[filename] = decorated
+        return decorated.get(first, first)
+
+    def _line(self, filename: str, lineno: int) -> str:
+        """The frame's source line: as in the file, newline included, without a START_OF_TRACE comment."""
+        markers = self._markers.get(filename)
+        if markers is None:
+            markers = self._markers[filename] = marker_columns("".join(linecache.getlines(filename)))
+        text = strip_marker(linecache.getline(filename, lineno), markers.get(lineno))
         return text if text.endswith("\n") else text + "\n"
 
     def _relative(self, filename: str) -> str:
@@ -441,6 +589,18 @@ class Tracer:
             os.replace(temporary, self.output)
 
 
+def _unwinding(frame) -> bool:  # noqa: ANN001
+    """True when a return event is an exception leaving the frame, not a return or a yield.
+
+    Why the instruction and not the previous event: a bare `raise` in a handler and an exception
+    passing through a `finally` fire no exception event in the frame they leave, and a `for` loop over
+    an iterator written in Python ends with an exception event (its StopIteration) and then returns
+    normally.
+    """
+    raw, offset = frame.f_code.co_code, frame.f_lasti
+    return not (0 <= offset < len(raw) and raw[offset] in LEAVING_NORMALLY)
+
+
 def _suspended(frame) -> bool:  # noqa: ANN001
     """True when a return event of a generator or coroutine frame is a `yield` (it will resume)."""
     code = frame.f_code
@@ -448,20 +608,6 @@ def _suspended(frame) -> bool:  # noqa: ANN001
         return False
     raw, offset = code.co_code, frame.f_lasti
     return 0 <= offset < len(raw) and raw[offset] == YIELD_VALUE
-
-
-def _skip_decorators(filename: str, first: int) -> int:
-    """co_firstlineno of a decorated function is its first decorator: find the `def` below it."""
-    line = linecache.getline(filename, first).lstrip()
-    if not line.startswith("@"):
-        return first
-    for number in range(first + 1, first + 200):
-        text = linecache.getline(filename, number).lstrip()
-        if text.startswith(("def ", "async def ", "class ")):
-            return number
-        if not text:
-            break
-    return first
 
 
 # --- running a request ----------------------------------------------------------------------------
@@ -570,6 +716,7 @@ def run(request: dict) -> int:
     line = definition_line(source, qualname) if qualname else module_entry_line(source)
     if line is None:
         raise SetupError(f"no definition of {qualname!r} in {path}")
+    line = marker_line(source, line)
     tracer.header = {
         "type": "header",
         "format_version": FORMAT_VERSION,

@@ -7,9 +7,21 @@ assert the exact prompt string sent and count the tries of a retried request. Fa
 path and consumed one request at a time: answer with an HTTP error, hang (never answer until the
 server stops), or drop the connection without a response.
 
+Replies may also be computed from the request instead of queued: `respond(body)` answers every
+completion request that finds nothing queued (tests/faults serves recorded CWM episodes this way, the
+reply picked by the turn the prompt is at, so parallel episodes each get their own next reply).
+
 Token counts are those of a toy tokenizer, `toy_count`: one token per special token `<|...|>` and
 one per other character. It is deliberately different from the runner's heuristic (bytes / 4), so a
 test can tell a count that came from /tokenize from a fallback estimate.
+
+For load tests (bench/agent_load.py) it also behaves as vLLM does under load, in toy tokens: a
+completion request with `ignore_eos` and nothing scripted generates exactly `max_tokens` tokens (one
+letter each); `stream: true` answers in server-sent events with a final usage chunk; with
+`prefix_cache=True` every answer reports `cached_tokens`, the longest prefix shared with an earlier
+prompt in whole 16-token blocks (prompts only, oldest dropped beyond `cache_capacity` tokens); and
+GET /metrics serves Prometheus counters and gauges under vLLM's names (`preemptions_per_request` and
+`kv_cache_usage` script what the server cannot simulate).
 """
 
 from __future__ import annotations
@@ -24,12 +36,16 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes.load import LoadState, letters, sse_events
+
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
 MODELS = "/v1/models"
 TOKENIZE = "/tokenize"
+METRICS = "/metrics"
 DEFAULT_TEXT = "default scripted reply\n</think>\nnothing scripted"
 SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+TOY_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|.", re.DOTALL)
 
 
 def toy_count(text: str) -> int:
@@ -81,6 +97,8 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     connections: set[Any] = field(default_factory=set)  # open client sockets, cut when the server stops
+    load: LoadState = field(default_factory=LoadState)
+    respond: Callable[[dict[str, Any]], Reply] | None = None  # computes a completion when none is queued
 
 
 class FakeOpenAIServer:
@@ -94,8 +112,14 @@ class FakeOpenAIServer:
         tokenize: bool = True,
         list_models: bool = True,
         count: Callable[[str], int] = toy_count,
+        prefix_cache: bool = False,
+        cache_capacity: int | None = None,
+        respond: Callable[[dict[str, Any]], Reply] | None = None,
     ) -> None:
         self._state = _State(list(models), max_model_len, tokenize, list_models, count)
+        self._state.respond = respond
+        self._state.load.prefix_cache = prefix_cache
+        self._state.load.cache_capacity = cache_capacity
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -106,7 +130,7 @@ class FakeOpenAIServer:
         restarted vLLM, keeping its script and recorded requests."""
         self._state.stopping.clear()
         handler = type("Handler", (_Handler,), {"state": self._state})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._httpd = _Server(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -166,6 +190,19 @@ class FakeOpenAIServer:
     def drop(self, times: int = 1, *, path: str = COMPLETIONS) -> None:
         self._fault(path, times, Fault("drop"))
 
+    def set_load(self, *, preemptions_per_request: int | None = None, kv_cache_usage: float | None = None) -> None:
+        """Script the metrics a fake cannot simulate."""
+        with self._state.lock:
+            if preemptions_per_request is not None:
+                self._state.load.preemptions_per_request = preemptions_per_request
+            if kv_cache_usage is not None:
+                self._state.load.kv_cache_usage = kv_cache_usage
+
+    def counter(self, name: str) -> float:
+        """A /metrics counter's value now (preemptions, generation, prompt, cached)."""
+        with self._state.lock:
+            return self._state.load.counters[name]
+
     def _queue(self, path: str, reply: Reply) -> None:
         with self._state.lock:
             self._state.replies[path].append(reply)
@@ -186,6 +223,15 @@ class FakeOpenAIServer:
 
     def bodies(self, path: str = COMPLETIONS) -> list[Any]:
         return [r.body for r in self.requests_to(path)]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer (cut by stop(), or timed out) is what a real server shrugs off too."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -218,6 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:  # the connection was cut mid-request (the server stopping): never received
+            self.close_connection = True
+            return
         try:
             body = json.loads(raw) if raw else None
         except json.JSONDecodeError:
@@ -237,8 +286,16 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = body.get("prompt", "") if isinstance(body, dict) else ""
             self._send(200, {"count": state.count(prompt), "max_model_len": state.max_model_len or 131072,
                              "tokens": []})
+        elif route == ("GET", METRICS):
+            with state.lock:
+                text = state.load.metrics_text()
+            self._send(200, text.encode(), content_type="text/plain; version=0.0.4")
         elif route == ("POST", COMPLETIONS) and self._model_ok(body):
-            self._send(200, self._completion(body))
+            payload = self._completion(body)
+            if body.get("stream") and isinstance(payload, dict) and "choices" in payload:
+                self._stream(payload, bool((body.get("stream_options") or {}).get("include_usage")))
+            else:
+                self._send(200, payload)
         elif route == ("POST", CHAT) and self._model_ok(body):
             self._send(200, self._chat(body))
         elif self.path in (COMPLETIONS, CHAT) and method == "POST":
@@ -288,16 +345,41 @@ class _Handler(BaseHTTPRequestHandler):
         return usage
 
     def _completion(self, body: dict[str, Any]) -> Any:
-        reply = self._next(COMPLETIONS)
+        generate = bool(body.get("ignore_eos")) and not self.state.replies.get(COMPLETIONS)
+        scripted = self.state.respond is not None and not self.state.replies.get(COMPLETIONS)
+        if generate:
+            reply = Reply(text=letters(int(body.get("max_tokens") or 16)), finish_reason="length")
+        else:
+            reply = self.state.respond(body) if scripted and self.state.respond else self._next(COMPLETIONS)
         if reply.raw is not None:
             return reply.raw
         text = reply.text or ""
         count = self.state.count
+        prompt = str(body.get("prompt", ""))
+        load = self.state.load
+        with self.state.lock:
+            if load.prefix_cache and reply.cached_tokens is None:
+                reply.cached_tokens = load.cached_tokens(prompt, count)
+            usage = self._usage(reply, count(prompt), count(text))
+            load.account(usage["prompt_tokens"], usage["completion_tokens"], reply.cached_tokens or 0)
         return {
             "id": "cmpl-fake", "object": "text_completion", "model": body["model"],
             "choices": [{"index": 0, "text": text, "finish_reason": reply.finish_reason, "logprobs": None}],
-            "usage": self._usage(reply, count(str(body.get("prompt", ""))), count(text)),
+            "usage": usage,
         }
+
+    def _stream(self, payload: dict[str, Any], include_usage: bool) -> None:
+        """The answer as vLLM streams it (server-sent events); the connection closes after it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.write(sse_events(payload, include_usage, TOY_TOKEN.findall))
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client went away (a load test cancels its requests at the end): as vLLM, move on
 
     def _chat(self, body: dict[str, Any]) -> Any:
         reply = self._next(CHAT)
@@ -317,10 +399,10 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": self._usage(reply, count(prompt), count(produced)),
         }
 
-    def _send(self, status: int, payload: Any) -> None:
+    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

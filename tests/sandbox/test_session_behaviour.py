@@ -376,6 +376,7 @@ git tag v2-future && git tag -a -m annotated v2-annotated
 git notes add -m 'note on the fix'
 git remote add origin https://example.invalid/repo.git && git update-ref refs/remotes/origin/main HEAD
 git checkout -q main && echo wip > f && git stash -q && echo dirty > untracked.txt && echo local >> f
+git branch -q --set-upstream-to=future main
 git rev-parse future > /tmp/future-sha; git rev-parse HEAD > /tmp/head-sha
 """
     sandbox.run(f"cd {WORKDIR}")
@@ -398,5 +399,6 @@ git rev-parse future > /tmp/future-sha; git rev-parse HEAD > /tmp/head-sha
         sandbox.run(f"git -C {repo} rev-list HEAD").output.split()
     )
     assert sandbox.run(f"grep -rl {future} {repo}/.git").output == ""
+    assert sandbox.run(f"git -C {repo} config --get-regexp '^branch[.]' || true").output == ""  # no upstream
     # The working tree is untouched.
     assert sandbox.run(f"cat {repo}/f {repo}/untracked.txt").output == "two\nlocal\ndirty\n"

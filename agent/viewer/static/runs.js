@@ -12,6 +12,7 @@ const COLUMNS = [
   { key: 'steps', label: 'Steps', type: 'num' },
   { key: 'total_tokens', label: 'Tokens', type: 'num' },
   { key: 'wall_s', label: 'Wall time', type: 'num' },
+  { key: 'traces', label: 'Traces', type: 'num' },
   { key: 'model', label: 'Model', type: 'text' },
   { key: 'file', label: 'File', type: 'text' },
 ];
@@ -102,10 +103,17 @@ function renderRow(row) {
     h('td', { class: 'col-num' }, fmtInt(row.steps)),
     h('td', { class: 'col-num', title: fmtInt(row.total_tokens) }, fmtTokens(row.total_tokens)),
     h('td', { class: 'col-num' }, fmtSeconds(row.wall_s)),
+    h('td', { class: 'col-num cell-traces', title: row.trace_summary || '' }, tracesCell(row)),
     h('td', { class: 'col-text cell-model' }, row.model || '–'),
     h('td', { class: 'col-text cell-file', title: row.file }, row.file),
   );
   return tr;
+}
+
+/** Test traces of the episode (`--trace-tests`): their count, opening the Traces tab. */
+function tracesCell(row) {
+  if (!row.traces_listed) return '–';
+  return h('a', { href: `${link(row)}#tab=traces`, title: row.trace_summary }, fmtInt(row.traces || 0));
 }
 
 function renderBody() {

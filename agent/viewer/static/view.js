@@ -248,7 +248,7 @@ function showTab(name, { trace = null, frame = null } = {}) {
   writeHash();
 }
 
-/** The Traces tab exists once the ending lists test traces (`agent solve --trace-tests`). */
+/** The Traces tab exists once the ending lists test traces (`--trace-tests` of `agent solve` or `agent batch`). */
 function renderTracesTab() {
   const records = state.ending?.test_traces || [];
   traces.setRecords(records);

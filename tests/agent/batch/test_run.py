@@ -88,14 +88,6 @@ TESTS = [f"tests/test_core.py::test_{name}" for name in (
     "total_length_counts_shared_points_once", "reversed_interval_is_rejected")]
 
 
-def write_wrong_fix(path: Path) -> None:
-    """The recorded episode, but its edit only adds parentheses: a non-empty patch that fixes nothing."""
-    text = (EXAMPLE / "trajectory.jsonl").read_text()
-    right = "        if merged and start <= merged[-1][1]:\\n>>>>>>> REPLACE"
-    assert right in text
-    path.write_text(text.replace(right, "        if merged and (start < merged[-1][1]):\\n>>>>>>> REPLACE"))
-
-
 # -- tests --------------------------------------------------------------------------------------------
 
 docker = pytest.mark.docker
@@ -164,34 +156,6 @@ def test_errors_are_kept_until_redo_errors(tmp_path: Path, base_image: str) -> N
     assert [s.samples[0].attempts for s in read_manifest(out).instances] == [1, 2, 2]
     assert (out / "preds.jsonl").read_text() == expected_preds(instances)
     assert (folder / "0.attempt1.error.jsonl").exists() and (folder / "0.traj.jsonl").exists()
-
-
-@docker
-def test_tests_outvote_the_majority_when_graded(tmp_path: Path, base_image: str) -> None:
-    """Three samples: two agree on a patch that fixes nothing, one fixes the bug. Graded with
-    agent.grading.evaluate, the fix wins against the majority."""
-    (instance,) = make_instances(1, prefix="vote")
-    instance = instance.model_copy(update={"FAIL_TO_PASS": TESTS[:1], "PASS_TO_PASS": TESTS[1:]})
-    replays = tmp_path / "replays"
-    replays.mkdir()
-    write_wrong_fix(replays / "vote-00-0.jsonl")
-    write_wrong_fix(replays / "vote-00-1.jsonl")
-    shutil.copy(EXAMPLE / "trajectory.jsonl", replays / "vote-00-2.jsonl")
-    out = tmp_path / "run"
-    result = run_batch(BatchRequest(instances=[instance], output=out, model=f"replay:{replays}/{{instance_id}}-{{sample}}.jsonl", workers=2,
-                       samples=3, evaluate=True, image=base_image), progress=quiet())
-    assert (result.done, result.submitted, result.graded, result.resolved, result.exit_code) == (3, 3, 3, 1, 0)
-    assert (out / "preds.jsonl").read_text() == expected_preds([instance])
-    (record,) = read_manifest(out).instances
-    vote = record.vote or {}
-    assert vote["method"] == "tests" and vote["chosen_sample"] == 2 and vote["candidates"] == 3
-    fix, wrong = vote["groups"]
-    assert (fix["samples"], fix["score"]["resolved"], fix["score"]["passed"]) == ([2], True, 5)
-    assert (wrong["samples"], wrong["votes"], wrong["score"]["resolved"]) == ([0, 1], 2, False)
-    # Each evaluation is also in its trajectory's end record, where the format keeps it.
-    for sample, resolved in ((0, False), (2, True)):
-        ending = read_trajectory(out / "trajectories" / "vote-00" / f"{sample}.traj.jsonl").ending
-        assert ending is not None and ending.evaluation is not None and ending.evaluation.resolved is resolved
 
 
 def test_refusals_are_one_line(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def test_solve_example_end_to_end(tmp_path: Path, base_image: str) -> None:
     done = agent("solve", "--example", "intervals", "--output", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "submitted after 7 steps" in done.stdout
+    assert "repository ready in " in done.stdout and ": copied into the sandbox" in done.stdout  # a plain directory
     patch = (tmp_path / "intervals.patch").read_text()
     assert "-        if merged and start < merged[-1][1]:" in patch
     assert "+        if merged and start <= merged[-1][1]:" in patch

@@ -1,17 +1,20 @@
-"""Grading: the pytest log parser on real pytest output, environment specs, and `grade` / `agent eval`
-end to end on the PyPI fixtures (real libraries, real releases) in real Docker sandboxes."""
+"""Grading end to end on the PyPI fixtures (real libraries, real releases) in real Docker sandboxes: the
+official harness's code path with a pytest spec, gold and empty patches, the apply chain, K samples per
+instance with pass@k and the selected prediction's score, the official outputs; and environment specs."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from agent.grading.evaluate import grade, grade_detailed, parse_pytest_log, passed, patch_files, run_eval
+from agent.batch.voting import select_prediction
+from agent.grading.evaluate import grade, grade_detailed, passed, run_tests
+from agent.grading.runs import run_eval
+from agent.grading.specs import patch_files
 from agent.instances.envs import EnvError, EnvSpec, ensure_env_image, load_registry
 from agent.instances.records import Instance
 from agent.instances.sources import load_instances, repo_source
@@ -19,97 +22,7 @@ from tests.helpers import REPO_ROOT
 
 ROOT = REPO_ROOT
 PYPI = ROOT / "tests" / "fixtures" / "pypi"
-
-SAMPLE_TESTS = '''
-import pytest
-
-def test_ok():
-    pass
-
-def test_fail():
-    assert 1 == 2
-
-@pytest.fixture
-def broken():
-    raise RuntimeError("fixture broke")
-
-def test_error(broken):
-    pass
-
-@pytest.mark.skip(reason="not today")
-def test_skipped():
-    pass
-
-@pytest.mark.xfail(reason="known bug")
-def test_xfail():
-    assert False
-
-@pytest.mark.xfail(reason="fixed now")
-def test_xpass():
-    pass
-
-@pytest.mark.parametrize("text", ["a b", "x - y", "[", "ok"])
-def test_param(text):
-    assert text != "x - y"
-
-class TestGroup:
-    def test_method(self):
-        pass
-
-@pytest.fixture
-def bad_teardown():
-    yield
-    raise RuntimeError("teardown broke")
-
-def test_teardown(bad_teardown):
-    pass
-'''
-
-EXPECTED = {
-    "test_sample.py::test_ok": "PASSED",
-    "test_sample.py::test_fail": "FAILED",
-    "test_sample.py::test_error": "ERROR",
-    "test_sample.py::test_xfail": "XFAIL",
-    "test_sample.py::test_xpass": "XPASS",
-    "test_sample.py::test_param[a b]": "PASSED",
-    "test_sample.py::test_param[x - y]": "FAILED",
-    "test_sample.py::test_param[[]": "PASSED",
-    "test_sample.py::test_param[ok]": "PASSED",
-    "test_sample.py::TestGroup::test_method": "PASSED",
-    "test_sample.py::test_teardown": "ERROR",  # PASSED, then an error in teardown: the worse wins
-}
-
-
-@pytest.fixture(scope="module")
-def real_pytest_log() -> str:
-    """`pytest -rA` output of a real run (this interpreter's pytest) over every kind of outcome."""
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "test_sample.py").write_text(SAMPLE_TESTS)
-        Path(tmp, "test_broken_import.py").write_text("import not_a_module\n\ndef test_never():\n    pass\n")
-        done = subprocess.run([sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider",
-                               "--continue-on-collection-errors"],
-                              cwd=tmp, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1, done.stdout
-    return done.stdout
-
-
-def test_parser_on_real_pytest_output(real_pytest_log: str) -> None:
-    statuses = parse_pytest_log(real_pytest_log)
-    for test_id, status in EXPECTED.items():
-        assert statuses.get(test_id) == status, (test_id, statuses)
-    assert "test_sample.py::test_skipped" not in statuses  # SKIPPED lines name file:line, not a test
-    assert statuses.get("test_broken_import.py") == "ERROR"  # a collection error names the file
-    assert not passed(statuses, "test_broken_import.py::test_never")  # absent: failed
-
-
-def test_parser_with_known_ids_and_verbose_lines(real_pytest_log: str) -> None:
-    known = list(EXPECTED)
-    assert {k: v for k, v in parse_pytest_log(real_pytest_log, known).items() if k in EXPECTED} == EXPECTED
-    verbose = ("tests/test_x.py::test_a PASSED                [ 50%]\n"
-               "tests/test_x.py::test_b[1 2] FAILED           [100%]\n"
-               "\x1b[32mPASSED\x1b[0m tests/test_x.py::test_c\n")
-    assert parse_pytest_log(verbose) == {"tests/test_x.py::test_a": "PASSED", "tests/test_x.py::test_b[1 2]": "FAILED",
-                                         "tests/test_x.py::test_c": "PASSED"}
+MAJORITY = ("majority vote", lambda _instance, preds: select_prediction([p.model_patch for p in preds]))
 
 
 def test_patch_files() -> None:
@@ -186,16 +99,34 @@ def edit_patch(instance: Instance, path: str, line: str) -> str:
         return subprocess.run(["git", "-C", str(clone), "diff"], capture_output=True, text=True, check=True).stdout
 
 
+def _preds(path: Path, predictions: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"instance_id": i, "model_name_or_path": "test", "model_patch": p}) + "\n"
+                            for i, p in predictions))
+    return path
+
+
 @pytest.mark.docker
-def test_gold_patch_resolves_every_fixture(fixtures: dict[str, Instance], env_image: str) -> None:
-    assert len(fixtures) >= 2
-    for instance in fixtures.values():
-        evaluation = grade(instance, instance.patch, env_image)
-        assert evaluation.resolved, (instance.instance_id, evaluation.log[-3000:])
-        assert all(evaluation.fail_to_pass.values()) and all(evaluation.pass_to_pass.values())
-        assert set(evaluation.fail_to_pass) == set(instance.FAIL_TO_PASS)
-        assert evaluation.log.startswith("patch: git apply")
-        assert (evaluation.patch_applied, evaluation.apply_method, evaluation.empty_patch) == (True, "git apply", False)
+def test_gold_resolves_every_fixture_and_empty_none(fixtures: dict[str, Instance], env_image: str,
+                                                    tmp_path: Path) -> None:
+    """`agent eval --gold` on the fixture set: all resolved, through the official report logic; the
+    official outputs are written beside the report."""
+    report = run_eval(None, PYPI / "instances.jsonl", gold=True, workers=2, report_path=tmp_path / "gold.json")
+    assert len(report.results) == len(fixtures) == 4
+    for result in report.results:
+        assert result.resolved and result.official_resolved, (result.instance_id, result.log_tail)
+        assert result.apply_method == "git apply --verbose" and result.spec_source == "env"
+        assert result.log_parser == "parse_log_pytest" and result.test_exit_code is not None
+        assert set(result.fail_to_pass) == set(fixtures[result.instance_id].FAIL_TO_PASS)
+        official = json.loads((tmp_path / "logs" / "run_evaluation" / "cwm-eval" / "gold" / result.instance_id
+                               / "report.json").read_text())[result.instance_id]
+        assert official["resolved"] and official["patch_successfully_applied"]
+        assert sorted(official["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(result.fail_to_pass)
+    summary = json.loads((tmp_path / "gold.cwm-eval.json").read_text())
+    assert summary["resolved_instances"] == 4 and summary["schema_version"] == 2
+    empty = run_eval(_preds(tmp_path / "empty.jsonl", [(i, "") for i in fixtures]), PYPI / "instances.jsonl",
+                     report_path=tmp_path / "empty" / "r.json")
+    assert empty.resolved == 0 and all(r.empty_patch for r in empty.results)
+    assert json.loads((tmp_path / "empty" / "test.cwm-eval.json").read_text())["empty_patch_instances"] == 4
 
 
 @pytest.mark.docker
@@ -205,15 +136,16 @@ def test_patch_that_does_not_apply(fixtures: dict[str, Instance], env_image: str
              " this line is not in six.py\n-neither is this one\n+so nothing applies\n and the end\n")
     result = grade_detailed(six, wrong, env_image)
     assert not result.patch_applied and result.apply_method is None and not result.resolved
-    assert result.error is None and "git apply failed; trying patch" in result.log_tail
+    assert result.error is None and result.official_report is None  # the official harness writes none either
+    assert "patch --batch --forward --fuzz=5 -p1 -i" in result.log_tail and ">>>>> Patch Apply Failed" in result.log_tail
     assert result.line().startswith("no-apply")
-    evaluation = result.evaluation()  # as the trajectory's end record keeps it
+    evaluation = result.evaluation()
     assert (evaluation.patch_applied, evaluation.apply_method, evaluation.resolved) == (False, None, False)
 
 
 @pytest.mark.docker
-def test_patch_fallback_applies_with_offset_and_fuzz(fixtures: dict[str, Instance], env_image: str,
-                                                     tmp_path: Path) -> None:
+def test_apply_chain_falls_back_to_patch_with_fuzz(fixtures: dict[str, Instance], env_image: str,
+                                                    tmp_path: Path) -> None:
     six = fixtures["six-1.14.0"]
     context = '     MovedModule("copyreg", "copy_reg"),\n'
     assert six.patch.count(context) == 1
@@ -221,49 +153,55 @@ def test_patch_fallback_applies_with_offset_and_fuzz(fixtures: dict[str, Instanc
     fuzzy = six.patch.replace(context, '     MovedModule("copyreg", "copy_reg"),  # edited since\n') \
                      .replace("@@ -259,7 +259,7 @@", "@@ -250,7 +250,7 @@")
     result = grade_detailed(six, fuzzy, env_image, log_file=tmp_path / "six.log")
-    assert result.patch_applied and result.apply_method == "patch", result.log_tail
+    assert result.patch_applied and result.apply_method == "patch --batch --forward --fuzz=5 -p1 -i", result.log_tail
     assert "Hunk #3 succeeded at 259 with fuzz 1 (offset 9 lines)." in (tmp_path / "six.log").read_text()
     assert result.resolved, result.log_tail
 
 
 @pytest.mark.docker
-def test_parallel_eval_gives_the_same_report(fixtures: dict[str, Instance], env_image: str, tmp_path: Path) -> None:
-    six, idna = fixtures["six-1.14.0"], fixtures["idna-3.4"]
-    more, wc = fixtures["more-itertools-11.0.1"], fixtures["wcwidth-0.2.13"]
+def test_k_samples_give_pass_at_k_and_the_selected_score(fixtures: dict[str, Instance], env_image: str,
+                                                         tmp_path: Path) -> None:
+    six, idna, wc = fixtures["six-1.14.0"], fixtures["idna-3.4"], fixtures["wcwidth-0.2.13"]
+    instances = tmp_path / "instances.jsonl"
     missing = six.model_copy(update={"instance_id": "six-missing-test",
                                      "PASS_TO_PASS": six.PASS_TO_PASS + ["test_six.py::test_not_in_the_log"]})
-    instances = tmp_path / "instances.jsonl"
-    instances.write_text("".join(i.model_dump_json() + "\n" for i in (six, idna, more, wc, missing)))
-    predictions = [
-        (six.instance_id, six.patch),  # resolved
-        (idna.instance_id, edit_patch(idna, "README.rst", "A harmless note.")),  # applies, fixes nothing
-        (more.instance_id, ""),  # empty
-        (wc.instance_id, six.patch),  # the wrong project's patch: does not apply
-        (missing.instance_id, six.patch),  # a PASS_TO_PASS test absent from the log counts as failed
-    ]
-    preds = tmp_path / "preds.jsonl"
-    preds.write_text("".join(json.dumps({"instance_id": i, "model_name_or_path": "test", "model_patch": p}) + "\n"
-                             for i, p in predictions))
-    one = run_eval(preds, instances, workers=1, report_path=tmp_path / "one.json")
-    run_eval(preds, instances, workers=2, report_path=tmp_path / "two.json")
+    instances.write_text("".join(i.model_dump_json() + "\n" for i in (six, idna, wc, missing)))
+    readme = edit_patch(idna, "README.rst", "A harmless note.")
+    preds = _preds(tmp_path / "preds.jsonl", [
+        (six.instance_id, six.patch), (six.instance_id, ""), (six.instance_id, six.patch),  # 2 of 3
+        (idna.instance_id, readme), (idna.instance_id, readme), (idna.instance_id, idna.patch),  # vote: readme
+        (wc.instance_id, six.patch), (wc.instance_id, wc.patch), (wc.instance_id, ""),  # does not apply, gold
+        (missing.instance_id, six.patch), (missing.instance_id, six.patch), (missing.instance_id, six.patch),
+    ])
+    one = run_eval(preds, instances, workers=1, report_path=tmp_path / "one" / "r.json", select=MAJORITY)
+    two = run_eval(preds, instances, workers=2, report_path=tmp_path / "two" / "r.json", select=MAJORITY)
+    strip = ("duration_s", "log_tail")
+    assert [r.model_dump(exclude=set(strip)) for r in one.results] == [r.model_dump(exclude=set(strip))
+                                                                      for r in two.results]
+    resolved = {(r.instance_id, r.sample): r.resolved for r in one.results}
+    assert [resolved[six.instance_id, k] for k in range(3)] == [True, False, True]
+    assert [resolved[idna.instance_id, k] for k in range(3)] == [False, False, True]
+    assert [resolved[wc.instance_id, k] for k in range(3)] == [False, True, False]
+    assert not any(resolved[missing.instance_id, k] for k in range(3))  # a P2P test absent from the log fails
+    scores = one.scores
+    assert scores is not None and scores.instances == 4
+    assert scores.pass_at_1 == pytest.approx((2 / 3 + 1 / 3 + 1 / 3 + 0) / 4)
+    assert scores.pass_at_k[3] == pytest.approx(3 / 4)
+    assert (scores.selected_method, scores.selected_resolved) == ("majority vote", 1)  # six only
+    assert "pass@3 0.750 (unbiased estimator)" in one.summary()
+    runs = sorted(p.name for p in (tmp_path / "one").glob("test.cwm-eval.sample*.json"))
+    assert runs == ["test.cwm-eval.sample0.json", "test.cwm-eval.sample1.json", "test.cwm-eval.sample2.json"]
+    first = json.loads((tmp_path / "one" / "test.cwm-eval.sample0.json").read_text())
+    assert (first["resolved_ids"], first["error_ids"]) == ([six.instance_id], [wc.instance_id])
 
-    def comparable(path: Path) -> list[dict]:
-        data = json.loads(path.read_text())
-        assert data["predictions_file"] == str(preds)
-        return [{k: v for k, v in r.items() if k not in ("duration_s", "log_tail")} for r in data["results"]]
 
-    assert comparable(tmp_path / "one.json") == comparable(tmp_path / "two.json")
-    results = {r.instance_id: r for r in one.results}
-    assert [r.instance_id for r in one.results] == sorted(results)
-    assert results["six-1.14.0"].resolved
-    readme_only = results["idna-3.4"]
-    assert readme_only.patch_applied and not readme_only.resolved
-    assert not any(readme_only.fail_to_pass.values()) and all(readme_only.pass_to_pass.values())
-    assert results["more-itertools-11.0.1"].empty_patch and not results["more-itertools-11.0.1"].resolved
-    assert not results["wcwidth-0.2.13"].patch_applied and results["wcwidth-0.2.13"].error is None
-    absent = results["six-missing-test"]
-    assert not absent.resolved and absent.pass_to_pass["test_six.py::test_not_in_the_log"] is False
-    assert sum(absent.pass_to_pass.values()) == len(six.PASS_TO_PASS)
-    assert one.summary().splitlines()[-1].startswith("resolved 1/5 (20.0%); errors 0, empty patches 1, "
-                                                     "patches that did not apply 1")
-    assert (tmp_path / "one.logs" / "six-1.14.0.log").read_text().count("PASSED test_six.py::") >= 180
+@pytest.mark.docker
+def test_run_tests_reads_statuses_with_the_official_parser(fixtures: dict[str, Instance], env_image: str) -> None:
+    """The fixture builder's call: tests before and after the fix."""
+    wc = fixtures["wcwidth-0.2.13"]
+    env = load_registry().envs["pypi-pure"]
+    before = run_tests(wc, "", env_image, env, ["tests/test_core.py"])
+    after = run_tests(wc, wc.patch, env_image, env, ["tests/test_core.py"])
+    for test in wc.FAIL_TO_PASS:
+        assert not passed(before.statuses, test) and passed(after.statuses, test)
+    assert grade(wc, wc.patch, env_image).resolved

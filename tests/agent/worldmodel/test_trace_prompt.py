@@ -25,6 +25,7 @@ from agent.worldmodel.frames import (
     TraceHeader,
     dump_trace,
     mark_entry,
+    normalize_source,
     parse_frame_text,
     parse_trace,
     read_trace,
@@ -32,6 +33,14 @@ from agent.worldmodel.frames import (
     render_prompt,
 )
 from agent.worldmodel.run import stage, trace_function
+from agent.worldmodel.tracer import (
+    decode_source,
+    def_lines,
+    definition_line,
+    marker_columns,
+    marker_line,
+    physical_lines,
+)
 from sandbox.base import Sandbox, SandboxConfig, SandboxError
 from tests.helpers import REPO_ROOT
 
@@ -97,10 +106,86 @@ def test_prompt_prefix_for_a_number_of_frames() -> None:
 
 def test_entry_marker() -> None:
     assert mark_entry("a\nb\n", 2) == "a\nb  # << START_OF_TRACE\n"
-    assert mark_entry("a\r\nb", 2) == "a\r\nb  # << START_OF_TRACE"
+
+
+# --- source shapes: one marker, on the entry, whatever the file looks like --------------------------
+
+MARKED = "def f(x):  # << START_OF_TRACE\n    return x + 1\n"
+
+
+def test_a_program_that_already_carries_the_marker_gets_it_once() -> None:
+    """CWM's demos write the marker in the program (issue 14: it was doubled)."""
+    assert mark_entry(MARKED, 1) == MARKED
+    assert mark_entry("def f(x):    #<< START_OF_TRACE  \n    pass\n", 1) == "def f(x):  # << START_OF_TRACE\n    pass\n"
+    assert mark_entry("def f(x):\t# << START_OF_TRACE\n", 1) == "def f(x):  # << START_OF_TRACE\n"
+
+
+def test_a_marker_on_another_line_moves_to_the_entry() -> None:
+    source = "def g():  # << START_OF_TRACE\n    pass\n\ndef f(x):  # keep me  # << START_OF_TRACE\n    pass\n"
+    assert mark_entry(source, 1) == "def g():  # << START_OF_TRACE\n    pass\n\ndef f(x):  # keep me\n    pass\n"
+    assert mark_entry(source, 4) == "def g():\n    pass\n\ndef f(x):  # keep me  # << START_OF_TRACE\n    pass\n"
+
+
+def test_the_marker_text_inside_a_string_is_code_not_a_marker() -> None:
+    source = 'TEXT = """\ndef g():  # << START_OF_TRACE\n"""\nS = "# << START_OF_TRACE"\ndef f(x):\n    pass\n'
+    assert mark_entry(source, 5) == source.replace("def f(x):\n", "def f(x):  # << START_OF_TRACE\n")
+    assert marker_columns(source) == {}
+
+
+def test_comments_trailing_blanks_and_tabs_on_the_entry_line() -> None:
     assert mark_entry("def f(x):  # note\n", 1) == "def f(x):  # note  # << START_OF_TRACE\n"
+    # Trailing blanks go on the marked line only (the marker is two spaces after the code, as CWM writes it).
+    assert mark_entry("def f(x):   \t\n    y = 1   \n", 1) == "def f(x):  # << START_OF_TRACE\n    y = 1   \n"
+    assert mark_entry("class C:\n\tdef m(self):\n\t\tpass\n", 2) == \
+        "class C:\n\tdef m(self):  # << START_OF_TRACE\n\t\tpass\n"
+
+
+def test_line_numbers_are_pythons_not_splitlines() -> None:
+    """A form feed, U+2028 or \\x1c does not end a line for Python (str.splitlines says it does)."""
+    source = "\x0c\nX = 'a\u2028b'  # \x1c\ndef f(x):\n    return x\n"
+    assert physical_lines(source) == ["\x0c\n", "X = 'a\u2028b'  # \x1c\n", "def f(x):\n", "    return x\n"]
+    assert mark_entry(source, 3) == source.replace("def f(x):", "def f(x):  # << START_OF_TRACE")
+    assert physical_lines("a\r\nb\rc") == ["a\r\n", "b\r", "c"]
+
+
+def test_crlf_and_cr_endings_are_kept() -> None:
+    assert mark_entry("a\r\nb", 2) == "a\r\nb  # << START_OF_TRACE"
+    assert mark_entry("def f():  # << START_OF_TRACE\r\n    pass\r\n", 1) == \
+        "def f():  # << START_OF_TRACE\r\n    pass\r\n"
     with pytest.raises(ValueError, match="outside the source"):
         mark_entry("a\n", 3)
+
+
+@pytest.mark.parametrize(("source", "def_line", "marked"), [
+    ("def f(\n    x,\n    y=1,\n):\n    pass\n", 1, 1),  # inside brackets a comment may end a line
+    ("def f(x, \\\n      y=1):\n    pass\n", 1, 2),  # a backslash line cannot take a comment
+    ('def f(x, doc="""a\nb"""):\n    pass\n', 1, 2),  # the def line ends inside a string
+    ("@deco(\n    1,\n\n    2)\ndef f(x): return x\n", 5, 5),
+])
+def test_the_marker_goes_where_a_comment_can_end_the_signature(source: str, def_line: int, marked: int) -> None:
+    assert definition_line(source, "f") == def_line
+    assert marker_line(source, def_line) == marked
+    text = mark_entry(source, marked)
+    assert physical_lines(text)[marked - 1].rstrip("\n").endswith("  # << START_OF_TRACE")
+    compile(text, "marked.py", "exec")  # still the same program
+
+
+def test_decorators_map_to_their_def_line() -> None:
+    source = "import functools\n\n@functools.lru_cache(\n    maxsize=None,\n\n    # why\n)\n@staticmethod\ndef f(x):\n    pass\n"
+    assert def_lines(source) == {3: 9}
+
+
+def test_sources_decode_as_python_reads_them() -> None:
+    latin = "# -*- coding: latin-1 -*-\r\nS = 'café'\r\n".encode("latin-1")
+    assert decode_source(latin) == "# -*- coding: latin-1 -*-\nS = 'café'\n"
+    assert decode_source("\ufeffx = 1\r".encode("utf-8")) == "x = 1\n"
+    assert decode_source(b"x = '\xff'\n") == "x = '\ufffd'\n"  # not Python: shown, not fatal
+
+
+def test_predicted_lines_compare_without_the_marker() -> None:
+    assert normalize_source("def f(x):  # << START_OF_TRACE\n") == "def f(x):"
+    assert normalize_source("def f(x):  # note  #<< START_OF_TRACE  \n") == "def f(x):  # note"
+    assert normalize_source("    return A\n") == "    return A"  # not a character-set strip (CWM's demo is)
 
 
 def test_render_frame_json_uses_default_json_dumps_spacing() -> None:

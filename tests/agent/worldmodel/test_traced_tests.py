@@ -198,3 +198,89 @@ def test_tracing_leaves_nothing_the_model_could_see(tmp_path: Path, base_image: 
     traced = by_phase(runs["traced"], node)
     assert {p: (t.outcome, t.status) for p, t in traced.items()} == {"before": ("passed", "returned"),
                                                                       "after": ("passed", "returned")}
+
+
+# --- an instance's test patch, and the phase budget (what `agent batch --trace-tests` relies on) -------
+
+BUDGET_FRAMES = 40
+ADDED = "tests/test_added.py::test_three_touching_intervals"
+CHANGED = "tests/test_core.py::test_touching_pairs"
+
+
+def make_test_patch(tmp_path: Path) -> str:
+    """A SWE-bench-style test patch for the example: a new test file and a test added to test_core.py."""
+    work = tmp_path / "patch-work"
+    shutil.copytree(EXAMPLE / "repo", work)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "base"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    (work / "tests" / "test_added.py").write_text(
+        "from intervals import merge\n\n\ndef test_three_touching_intervals():\n"
+        "    assert merge([(1, 2), (2, 3), (3, 4)]) == [(1, 4)]\n")
+    with (work / "tests" / "test_core.py").open("a") as handle:
+        handle.write("\n\ndef test_touching_pairs():\n    assert merge([(0, 1), (1, 2)]) == [(0, 2)]\n")
+    subprocess.run(git + ["add", "-N", "tests/test_added.py"], check=True)
+    return subprocess.run(git + ["diff"], check=True, capture_output=True, text=True).stdout
+
+
+def test_a_test_patch_is_traced_but_never_seen_and_the_phase_budget_holds(tmp_path: Path, plain: Path) -> None:
+    """The patch's tests fail before the fix and pass after it; the model's observations, diff and patch
+    are those of the untraced run; the phase's 40 frames go to the first tests (21 + 17, then the
+    third is cut at what is left, and the fourth is not started)."""
+    from agent.episode.solve import SolveRequest, solve
+    from agent.models.factory import make_model
+    from agent.worldmodel.run import TraceLimits
+    from agent.worldmodel.traced_tests import TraceBudget
+    from sandbox.base import SandboxConfig
+    from sandbox.docker import DockerSandbox
+
+    patch = make_test_patch(tmp_path)
+    image = read_trajectory(plain / "intervals.traj.jsonl").header.image
+    request = SolveRequest(
+        repo=str(EXAMPLE / "repo"), issue=(EXAMPLE / "issue.md").read_text(), image=image,
+        output=tmp_path / "run", instance_id="intervals", sandbox=SandboxConfig(image=image),
+        trace_tests=[ADDED, CHANGED, FAILING, PASSING], trace_limits=TraceLimits(),
+        trace_budget=TraceBudget(max_frames=BUDGET_FRAMES), trace_test_patch=patch)
+    result = solve(request, lambda: make_model(f"replay:{EXAMPLE / 'trajectory.jsonl'}"), DockerSandbox)
+    trajectory = read_trajectory(result.trajectory)
+    assert trajectory.ending is not None and trajectory.ending.status == "submitted"
+    shape = [(t.phase, t.node_id, t.outcome, t.status, t.frames) for t in trajectory.ending.test_traces]
+    assert shape == [
+        ("before", ADDED, "failed", "raised", 21), ("before", CHANGED, "failed", "raised", 17),
+        ("before", FAILING, "unknown", "max_frames", 2), ("before", PASSING, "unknown", None, 0),
+        ("after", ADDED, "passed", "returned", 22), ("after", CHANGED, "passed", "returned", 17),
+        ("after", FAILING, "unknown", "max_frames", 1), ("after", PASSING, "unknown", None, 0)]
+    spent = [t for t in trajectory.ending.test_traces if t.node_id == PASSING]
+    assert all(t.path is None and "budget is spent (max_frames 40" in (t.error or "") for t in spent)
+    added = read_trace(tmp_path / "run" / by_phase(trajectory, ADDED)["before"].path / TRACE_FILE)  # type: ignore[operator]
+    assert added.header.source.startswith("from intervals import merge")  # the patch's file, as it ran
+    # Never seen: the observations, the diff and the patch are the untraced run's.
+    untraced = read_trajectory(plain / "intervals.traj.jsonl")
+    assert [without_timings(s.observation) for s in trajectory.steps] == \
+        [without_timings(s.observation) for s in untraced.steps]
+    assert not any("test_added" in (s.observation or "") for s in trajectory.steps)
+    for name in ("intervals.sandbox.diff", "intervals.patch"):
+        assert (tmp_path / "run" / name).read_bytes() == (plain / name).read_bytes()
+
+
+def test_after_an_episode_that_edited_the_patched_test_file_the_test_patch_still_applies(tmp_path: Path,
+                                                                                         base_image: str) -> None:
+    """The model appended to tests/test_core.py, where the test patch adds a test: after the episode the
+    file is put back as at HEAD and the patch applied (as graders do), so the patch's test is traced."""
+    from agent.episode.solve import SolveRequest, solve
+    from agent.models.factory import make_model
+    from sandbox.base import SandboxConfig
+    from sandbox.docker import DockerSandbox
+
+    replies = write_replies(tmp_path / "replies.jsonl", [bash("echo '# mine' >> tests/test_core.py"),
+                                                         "Done.\n</think>\nno tool"])
+    request = SolveRequest(repo=str(EXAMPLE / "repo"), issue="edit a test", image=base_image, output=tmp_path / "run",
+                           instance_id="edited", sandbox=SandboxConfig(image=base_image), trace_tests=[CHANGED],
+                           trace_test_patch=make_test_patch(tmp_path), loop={"max_turns": 2})
+    result = solve(request, lambda: make_model(f"replay:{replies}"), DockerSandbox)
+    assert "+# mine" in (result.ending.sandbox_diff or "")  # the model's edit, taken before the after phase
+    traced = {t.phase: t for t in result.ending.test_traces}
+    assert {p: (t.outcome, t.status, t.error) for p, t in traced.items()} == {
+        "before": ("failed", "raised", None), "after": ("failed", "raised", None)}  # the bug is still there
+    source = read_trace(tmp_path / "run" / str(traced["after"].path) / TRACE_FILE).header.source
+    assert "def test_touching_pairs" in source and "# mine" not in source

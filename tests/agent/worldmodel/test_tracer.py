@@ -27,13 +27,17 @@ from agent.worldmodel.run import (
     trace_test,
 )
 from agent.worldmodel.tracer import (
+    START_MARKER,
     TRUNCATION_MARKER,
     UNCHANGED,
     bounded_repr,
     definition_line,
+    marker_columns,
     module_entry_line,
     normalize_text,
+    physical_lines,
     render_value,
+    strip_markers,
 )
 from sandbox.base import Sandbox, SandboxConfig, SandboxError
 
@@ -147,6 +151,28 @@ def test_uncaught_exception_ends_the_trace(sandbox: Sandbox, programs: str) -> N
     finally_trace = run(sandbox, programs, "exceptions.py", "cleanup", "4").trace
     assert [f.lineno for f in finally_trace.frames][-3:] == [26, 28, 28]  # return waits for `finally`
     assert finally_trace.frames[-1].arg == "4"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("function", ["reraise", "cleanup_on_error"])
+def test_an_exception_that_fires_no_event_where_it_leaves_still_raises(sandbox: Sandbox, programs: str,
+                                                                       function: str) -> None:
+    """A bare `raise` and a `finally` passed by an exception: settrace reports no exception event in
+    the frame the exception leaves, only its return (None); the trace still ends `raised`."""
+    trace = run(sandbox, programs, "exceptions.py", function, "x").trace
+    assert trace.end.status == "raised" and trace.end.error is not None
+    last = trace.frames[-1]
+    assert (last.event, last.arg, last.unwinding, last.depth) == ("return", "None", True, 0)
+    assert trace.frames[-2].event == "line"  # no exception frame at the re-raise
+
+
+@pytest.mark.docker
+def test_a_loop_over_a_python_iterator_returns_normally(sandbox: Sandbox, programs: str) -> None:
+    """The iterator's StopIteration arrives in the loop as an exception frame; the scope then returns."""
+    trace = run(sandbox, programs, "exceptions.py", "drain", 2).trace
+    assert [(f.event, f.function) for f in trace.frames[-2:]] == [("exception", "drain"), ("return", "drain")]
+    assert trace.frames[-2].arg == "StopIteration()"
+    assert trace.end.status == "returned" and not trace.frames[-1].unwinding and trace.end.result == "None"
 
 
 @pytest.mark.docker
@@ -305,6 +331,96 @@ def test_setup_errors_are_reported(sandbox: Sandbox, programs: str) -> None:
         run(sandbox, programs, "straight.py", "nope")
     with pytest.raises(TraceError, match="no such file|cannot read|cannot import"):
         trace_function(sandbox, f"{programs}/missing.py", "f")
+
+
+# --- source shapes: the START_OF_TRACE marker (issue 14) -----------------------------------------
+
+
+def context_of(trace: Trace) -> str:
+    """The prompt's context: the text between `<|trace_context_start|>` and the first `<|frame_sep|>`."""
+    return render_prompt(trace).split("<|trace_context_start|>", 1)[1].split("<|frame_sep|>", 1)[0]
+
+
+def check_marker_rules(trace: Trace) -> list[str]:
+    """What holds for every trace: one marker, on the entry line; frames are the file's lines less it."""
+    context = context_of(trace)
+    lines = physical_lines(context)
+    assert list(marker_columns(context)) == [trace.header.entry_line]
+    assert lines[trace.header.entry_line - 1].endswith(START_MARKER + "\n")
+    file_lines = physical_lines(strip_markers(trace.header.source))
+    assert len(lines) == len(file_lines)
+    assert [t for n, t in enumerate(lines, 1) if n != trace.header.entry_line] == \
+        [t for n, t in enumerate(file_lines, 1) if n != trace.header.entry_line]  # nothing else changed
+    for frame in trace.frames:
+        assert "START_OF_TRACE" not in frame.source
+        if frame.file == trace.header.file:
+            assert frame.source == file_lines[frame.lineno - 1]
+    return lines
+
+
+@pytest.mark.docker
+def test_source_shapes_a_program_that_carries_the_marker(sandbox: Sandbox, programs: str) -> None:
+    trace = run(sandbox, programs, "shapes.py", "count_letters", "strawberry", "r").trace
+    lines = check_marker_rules(trace)
+    assert lines[11] == "def count_letters(s, letter):  # << START_OF_TRACE\n"  # once, as in the file
+    assert trace.frames[0].source == "def count_letters(s, letter):\n" and trace.frames[0].lineno == 12
+    assert lines[8] == 'MARKER_IN_A_STRING = "def nowhere():  # << START_OF_TRACE"\n'  # code, untouched
+    other = run(sandbox, programs, "shapes.py", "commented", 1).trace
+    lines = check_marker_rules(other)
+    assert lines[11] == "def count_letters(s, letter):\n"  # the program's marker is not the entry
+    assert lines[18] == "def commented(x):  # add one  # << START_OF_TRACE\n"
+    assert other.frames[0].source == "def commented(x):  # add one\n"
+
+
+@pytest.mark.docker
+def test_source_shapes_blanks_tabs_decorators_and_form_feeds(sandbox: Sandbox, programs: str) -> None:
+    blanks = run(sandbox, programs, "shapes.py", "trailing_blanks", 1).trace
+    assert check_marker_rules(blanks)[22] == "def trailing_blanks(x):  # << START_OF_TRACE\n"
+    assert blanks.frames[0].source == "def trailing_blanks(x):   \t\n"  # frames: the line as in the file
+    cached = run(sandbox, programs, "shapes.py", "cached", 5).trace
+    check_marker_rules(cached)
+    assert (cached.header.entry_line, cached.frames[0].lineno, cached.frames[0].source) == (32, 32, "def cached(x):\n")
+    fed = run(sandbox, programs, "shapes.py", "after_form_feed", 2).trace
+    lines = check_marker_rules(fed)
+    assert lines[fed.header.entry_line - 2:fed.header.entry_line] == [
+        "\x0c\n", "def after_form_feed(x):  # << START_OF_TRACE\n"]
+    tabbed = run(sandbox, programs, "shapes.py", "Tabbed.twice", 4).trace
+    lines = check_marker_rules(tabbed)
+    assert lines[tabbed.header.entry_line - 1] == "\tdef twice(x):  # << START_OF_TRACE\n"
+    assert [f.source for f in tabbed.frames[:2]] == ["\tdef twice(x):\n", "\t\treturn x * 2\n"]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("function", "def_line", "marked"), [
+    ("spread", 36, 36),  # `def spread(  # << START_OF_TRACE`: a comment may end a line inside brackets
+    ("continued", 43, 44),  # a backslash-continued def line cannot take a comment
+    ("with_doc_default", 48, 49),  # nor one that ends inside a string
+])
+def test_source_shapes_multi_line_signatures(sandbox: Sandbox, programs: str, function: str, def_line: int,
+                                             marked: int) -> None:
+    trace = run(sandbox, programs, "shapes.py", function, 1).trace
+    lines = check_marker_rules(trace)
+    assert lines[marked - 1].endswith(START_MARKER + "\n")
+    assert trace.header.entry_line == marked and trace.frames[0].lineno == def_line
+    assert trace.frames[0].source.startswith(f"def {function}(") and trace.finished
+    compile(context_of(trace), "context.py", "exec")  # the marked context is still the program
+
+
+@pytest.mark.docker
+def test_source_shapes_crlf_and_latin_1(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A latin-1 file with CRLF endings: context and frames are the text Python read (as CWM's demo
+    reads its input with `open().read()`: decoded, universal newlines)."""
+    program = tmp_path / "greet.py"
+    program.write_bytes("# -*- coding: latin-1 -*-\r\n\r\ndef greet(name):  # << START_OF_TRACE\r\n"
+                        "    word = 'café'\r\n    return word + ' ' + name\r\n".encode("latin-1"))
+    trace = trace_function(sandbox, stage(sandbox, program), "greet", ["x"]).trace
+    lines = check_marker_rules(trace)
+    assert lines == ["# -*- coding: latin-1 -*-\n", "\n", "def greet(name):  # << START_OF_TRACE\n",
+                     "    word = 'café'\n", "    return word + ' ' + name\n"]
+    assert [f.source for f in trace.frames] == ["def greet(name):\n", "    word = 'café'\n",
+                                                "    return word + ' ' + name\n", "    return word + ' ' + name\n"]
+    assert trace.frames[-1].arg == "'café x'"
+    assert '{"name": "..", "word": "\'caf\\u00e9\'"}' in render_prompt(trace)  # json.dumps escapes, as the demo
 
 
 # --- value rules (host) --------------------------------------------------------------------------
