@@ -33,6 +33,8 @@ from pathlib import Path
 
 import docker
 
+from tests.helpers import bash, write_replies
+
 OFFICIAL_PREFIX = "swebench/sweb.eval.x86_64."
 
 CONDA_SH = textwrap.dedent("""\
@@ -120,10 +122,15 @@ def _compile_locale(target: Path) -> None:
 
 
 def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, package: str = "calc",
-                         remote: bool = True, install: str = "true", locale: bool = False) -> str:
+                         remote: bool = True, install: str = "true", locale: bool = False,
+                         snapshot: bool = False) -> str:
     """Build `tag`: /testbed a clone of `repo` reset to `commit` with later history still reachable from
     the reflog, the untracked `_version.py`, and the bashrc-only `testbed` environment (`install` runs
-    last, in the image, e.g. to edit tracked files as some official install steps do)."""
+    last, in the image, e.g. to edit tracked files as some official install steps do).
+
+    `snapshot`: SWE-smith's shape instead (`swebench/swesmith.x86_64.<repo>.<commit[:8]>`): /testbed holds
+    `commit`'s files as the one commit `Initial commit` on `main`, as its mirrors are made
+    (`swesmith/profiles/base.py`), with the mirror as origin and no bug branch."""
     with tempfile.TemporaryDirectory(prefix="cwm-official-") as scratch:
         context = Path(scratch)
         if locale:  # (an empty COPY would leave an empty layer, which fuse-overlayfs builds trip over)
@@ -132,6 +139,8 @@ def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, 
         testbed = context / "testbed"
         subprocess.run(["git", "clone", "-q", "--no-local", str(repo), str(testbed)], check=True)  # a pack, as from GitHub
         git(testbed, "reset", "-q", "--hard", commit)
+        if snapshot:
+            _as_snapshot(testbed)
         if remote:
             git(testbed, "remote", "set-url", "origin", "https://github.com/example/calc.git")
         else:
@@ -146,6 +155,15 @@ def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, 
         finally:
             client.close()
     return tag
+
+
+def _as_snapshot(testbed: Path) -> None:
+    """The checkout's files as a fresh repository of one commit, as SWE-smith's mirrors hold a snapshot."""
+    shutil.rmtree(testbed / ".git")
+    git(testbed, "init", "-q", "-b", "main")
+    git(testbed, "add", "-A")
+    git(testbed, "commit", "-q", "-m", "Initial commit")
+    git(testbed, "remote", "add", "origin", "git@github.com:swesmith/example__calc.1a2b3c4d.git")
 
 
 def build_from(base_image: str, tag: str, *run: str) -> str:
@@ -173,3 +191,16 @@ def remove_image(tag: str) -> None:
 
 __all__ = ["OFFICIAL_PREFIX", "build_from", "build_official_image", "host_can_compile_locale", "make_repository",
            "official_image_name", "remove_image"]
+
+
+def add_fix_replies(path: Path, first_command: str) -> Path:
+    """Scripted replies of a model that looks (`first_command`), fixes `add` in the calc package of
+    make_repository, runs the tests, submits `git diff` and ends: the gold fix, by the loop's own tools."""
+    return write_replies(path, [
+        bash(first_command),
+        "The sign is wrong.\n</think>\n\n<tool: edit>\ncalc/__init__.py\n<<<<<<< SEARCH\n    return a - b\n"
+        "=======\n    return a + b\n>>>>>>> REPLACE\n</tool>",
+        bash("git diff > /tmp/fix.patch && python3 -m pytest -q -p no:cacheprovider tests | tail -1 | cut -d' ' -f1-2"),
+        "Submitting.\n</think>\n\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        "Done.\n</think>\n\nadd() adds now.",
+    ])

@@ -56,6 +56,9 @@ class Header(BaseModel):
     start_script: str = Field("", description="the shell run at every session start, before the first command and "
                               "never shown to the model (sandbox.session.startup_script); empty in older files")
     repo_in_image: bool = Field(False, description="the repository was the image's own /testbed (not copied in)")
+    base_patch: str = Field("", description="repo_in_image: the patch `commit` was made from, applied to the image's "
+                            "HEAD in the sandbox because the image lacks the base (SWE-smith's bug patch, "
+                            "agent.episode.base_patch); a replay makes the same commit. Never shown to the model")
     repo_from: Literal["", "image-cache", "image-build", "copy", "image"] = Field(
         "", description="how the repository got to `workdir`: image-cache (started from an existing repository "
         "image, nothing copied), image-build (copied once into a new repository image, started from it), copy "

@@ -175,6 +175,7 @@ def solve_request(job: EpisodeJob, output: Path) -> Any:
     return SolveRequest(
         repo=instance.repo if in_image else repo_source(instance), repo_in_image=in_image,
         commit=instance.base_commit or None, issue=instance.problem_statement,
+        base_patch=instance.bug_patch,  # SWE-smith: the base is made from it (agent.episode.base_patch)
         image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
         sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
         **solve_fields(job.trace_tests, instance),
@@ -194,7 +195,8 @@ def _episode(job: EpisodeJob, output: Path, on_step: StepCallback | None, starte
     names: list[str] = []
 
     def make() -> Any:
-        model = make_model(job.model_spec, **job.model_options)
+        # The episode's identity spreads episodes over replicas alike in every worker process.
+        model = make_model(job.model_spec, affinity=f"{instance.instance_id}#{job.sample}", **job.model_options)
         names.append(model.info.name or job.model_spec)
         return model
 

@@ -7,7 +7,9 @@ gate before handing out an episode, and tells it every outcome:
 - An infrastructure failure (agent.episode.failures) makes the gate look at its cause: for `docker` it
   pings the daemon, for `model_server` it asks each model server of the run for its model list. What
   does not answer is DOWN from then on. A model server is also down as soon as a local episode's
-  client finds it gone (agent.models.health), before any episode has failed.
+  client finds it gone (agent.models.health), before any episode has failed. Replicas of one model
+  (`--model URL1,URL2`) are one resource, down only while every replica is: episodes move off a dead
+  replica by themselves (agent.models.replicas).
 - While anything is down, no episode is handed out (failed ones wait in the queue as new attempts)
   and the progress display says what is down and since when. Down resources are asked again with
   exponential backoff; the first answer ends the outage and episodes flow again.
@@ -55,12 +57,24 @@ class _Outage(BaseModel):
 
 
 def model_server(spec: str) -> str | None:
-    """The API base of an HTTP model spec (as agent.models.health names servers); None for others."""
-    from agent.models.factory import parse_spec
+    """The API base of an HTTP model spec (as agent.models.health names servers), the bases of its
+    replicas joined by commas (one resource); None for others."""
+    from agent.models.factory import parse_replicas
     from agent.models.http import normalize_base_url
 
-    kind, target = parse_spec(spec)
-    return normalize_base_url(target)[0] if kind in ("completions", "chat") else None
+    kind, targets = parse_replicas(spec)
+    return ",".join(normalize_base_url(t)[0] for t in targets) if kind in ("completions", "chat") else None
+
+
+def _members(resource: str) -> list[str]:
+    """The servers of a model-server resource (one, or its replicas)."""
+    return resource.split(",")
+
+
+def _all_down_since(resource: str, down: dict[str, float]) -> float | None:
+    """When the last of a resource's servers went down, if all are down now (health's view)."""
+    members = _members(resource)
+    return max(down[m] for m in members) if all(m in down for m in members) else None
 
 
 def _docker_answers() -> bool:
@@ -102,13 +116,15 @@ class OutageGate:
             seen = outcome.failure.since if outcome.failure else None  # by the episode's client, maybe elsewhere
             for server in self._servers:
                 if server not in self._down and not self._ask_server(server):
-                    self._open(server, health.down_servers().get(server) or seen or time.time())
+                    self._open(server, _all_down_since(server, health.down_servers()) or seen or time.time())
 
     def holding(self) -> bool:
         """True while something is down (episodes must not be handed out). Asks what is due, ends
         outages that answer, and raises BatchStopped for one that cannot be waited out."""
-        for server, since in health.down_servers().items():  # seen by a local episode's client
-            if server in self._servers and server not in self._down and self._waitable(server):
+        down = health.down_servers()  # seen by a local episode's client
+        for server in self._servers:
+            since = _all_down_since(server, down)
+            if since is not None and server not in self._down and self._waitable(server):
                 self._open(server, since)
         now = time.monotonic()
         for resource, outage in list(self._down.items()):
@@ -142,14 +158,20 @@ class OutageGate:
 
     def _waitable(self, server: str) -> bool:
         """Only a server that answered this run is waited for; one that never did is a setup error."""
-        return server in self._answered or health.has_answered(server)
+        return server in self._answered or any(health.has_answered(m) for m in _members(server))
 
     def _ask(self, resource: str) -> bool:
-        return self._ask_docker() if resource == DOCKER else self._ask_server(resource)
+        """Does it answer? For replicas: does any (one is enough for episodes to flow again)?"""
+        if resource == DOCKER:
+            return self._ask_docker()
+        return any(self._ask_server(member) for member in _members(resource))
 
     @staticmethod
     def _label(resource: str) -> str:
-        return resource if resource == DOCKER else f"model server at {resource}"
+        if resource == DOCKER:
+            return resource
+        members = _members(resource)
+        return f"model server at {resource}" if len(members) == 1 else f"every model server of {', '.join(members)}"
 
 
 class _Attempt:

@@ -8,7 +8,9 @@ the same counts and ETA.
 
 Errors are counted by kind (agent.episode.failures): an infrastructure error that the driver retries at
 once is shown but not counted as finished. While the model server or the Docker daemon is down
-(agent.batch.outages), both displays say which, since when, and that new episodes wait for it.
+(agent.batch.outages), both displays say which, since when, and that new episodes wait for it. While
+KV-aware admission (agent.batch.admission) allows fewer episodes than there are workers, the live
+display's header says "admitting N of W (KV x%)"; plain lines say so at each change with --verbose.
 
 Worker threads call `step`; the driver thread calls everything else. Both implementations lock.
 """
@@ -39,6 +41,10 @@ class BatchProgress(Protocol):
 
     def outage(self, resource: str, since: float | None) -> None:
         """`resource` is down since `since` (epoch seconds), or back (None)."""
+        ...
+
+    def admission(self, allowed: int, workers: int, kv_usage: float | None) -> None:
+        """Admission now allows `allowed` episodes in flight of `workers` (the server's KV share)."""
         ...
 
     def close(self) -> None: ...
@@ -146,6 +152,11 @@ class LogProgress:
         with self._lock:
             self._print(outage_line(resource, since))
 
+    def admission(self, allowed: int, workers: int, kv_usage: float | None) -> None:
+        if self._verbose:  # every change is also a structlog event (batch.admission)
+            with self._lock:
+                self._print(admission_line(allowed, workers, kv_usage))
+
     def close(self) -> None:
         pass
 
@@ -166,6 +177,7 @@ class LiveProgress:
         )
         self._task = self._bar.add_task("batch", total=1, stats="")
         self._outages: dict[str, float] = {}
+        self._admitting: str | None = None
         self._live = Live(self, console=console, refresh_per_second=4, transient=False)
         self._live_started = False
 
@@ -184,7 +196,8 @@ class LiveProgress:
             self._bar.update(self._task, stats=self._counts.stats())
             down = [Text(f"{outage_line(r, since)} ({_clock(time.time() - since)})", style="bold red")
                     for r, since in sorted(self._outages.items())]
-        return Group(table, self._bar, *down)
+            header = [Text(self._admitting, style="yellow")] if self._admitting else []
+        return Group(*header, table, self._bar, *down)
 
     def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
         with self._lock:
@@ -226,6 +239,10 @@ class LiveProgress:
         if since is None:
             self._live.console.print(outage_line(resource, None), highlight=False, soft_wrap=True, markup=False)
 
+    def admission(self, allowed: int, workers: int, kv_usage: float | None) -> None:
+        with self._lock:
+            self._admitting = admission_line(allowed, workers, kv_usage) if allowed < workers else None
+
     def close(self) -> None:
         if self._live_started:
             self._live.stop()
@@ -238,6 +255,12 @@ def outage_line(resource: str, since: float | None) -> str:
         return f"{resource} is back: episodes continue"
     at = time.strftime("%H:%M:%S", time.gmtime(since))
     return f"{resource} down since {at} UTC: new episodes wait for it"
+
+
+def admission_line(allowed: int, workers: int, kv_usage: float | None) -> str:
+    """What both displays say while admission holds episodes back (agent.batch.admission)."""
+    kv = f" (KV {kv_usage:.0%})" if kv_usage is not None else ""
+    return f"admitting {allowed} of {workers}{kv}"
 
 
 def _clock(seconds: float | None) -> str:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.batch.admission import AdmissionSettings, KvAdmission, make_admission
 from agent.batch.executors import DEFAULT_GRADER
 from agent.batch.outages import BatchStopped, OutageGate, disk_full_stop, model_server
 from agent.batch.selection import rank_by_existing_tests
@@ -99,6 +100,8 @@ class BatchRequest(BaseModel):
                                            "invisibly to the model (agent.batch.tracing)")
     select: Method = Field(default="majority", description="how one of K samples is chosen: majority, regression "
                            "(the repository's existing tests) or oracle (hidden tests; needs evaluate)")
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings, description="episodes in flight follow "
+                                         "the model server's KV cache, `workers` the ceiling (agent.batch.admission)")
 
 
 class BatchResult(BaseModel):
@@ -199,9 +202,11 @@ def _commit(state: BatchState, outcome: EpisodeOutcome) -> None:
 
 
 def _hand_out(state: BatchState, pool: Executor, todo: deque[EpisodeJob], free: list[int],
-              in_flight: dict[tuple[str, int], EpisodeJob], progress: BatchProgress) -> None:
-    """Start queued jobs on the free slots, each recorded as a new attempt before it is submitted."""
-    while todo and free:
+              in_flight: dict[tuple[str, int], EpisodeJob], progress: BatchProgress,
+              admission: KvAdmission | None = None) -> None:
+    """Start queued jobs on the free slots, each recorded as a new attempt before it is submitted;
+    with admission, only while fewer are in flight than the model server's KV cache allows."""
+    while todo and free and (admission is None or len(in_flight) < admission.allowed(len(in_flight))):
         job = todo.popleft()
         instance_id, sample = job.key
         slot = free.pop(0)
@@ -217,8 +222,9 @@ def _hand_out(state: BatchState, pool: Executor, todo: deque[EpisodeJob], free: 
 
 
 def _drive(state: BatchState, pool: Executor, jobs: list[EpisodeJob], progress: BatchProgress,
-           max_attempts: int, gate: OutageGate) -> int:
-    """Keep `pool.capacity` episodes in flight until every job has an outcome; returns episodes run.
+           max_attempts: int, gate: OutageGate, admission: KvAdmission | None = None) -> int:
+    """Keep `pool.capacity` episodes in flight (fewer while admission holds new ones back) until every
+    job has an outcome; returns episodes run.
 
     A job is recorded as started (new attempt) only when it is handed to a worker slot, and its
     outcome is committed as soon as it arrives, so the status log always says what is running. Jobs
@@ -235,7 +241,7 @@ def _drive(state: BatchState, pool: Executor, jobs: list[EpisodeJob], progress: 
     while (todo and stopped is None) or in_flight:
         try:  # asked every turn, slots free or not: the display follows an outage as it happens
             if stopped is None and not gate.holding():
-                _hand_out(state, pool, todo, free, in_flight, progress)
+                _hand_out(state, pool, todo, free, in_flight, progress, admission)
         except BatchStopped as error:
             stopped = error
         for outcome in pool.wait(timeout=0.25):
@@ -381,7 +387,9 @@ def run_batch(request: BatchRequest, progress: BatchProgress | None = None) -> B
         progress.begin(total, total - len(jobs), errored, before.resolved, request.workers, request.evaluate)
         if jobs:
             pool = _executor(request, progress)
-            ran = _drive(state, pool, jobs, progress, request.max_attempts, gate)
+            admission = make_admission(request.admission, request.workers, {job.model_spec for job in jobs},
+                                       on_change=progress.admission)
+            ran = _drive(state, pool, jobs, progress, request.max_attempts, gate, admission)
         if request.select == "regression":
             rank_by_existing_tests(state, request.workers)  # after the episodes: see agent.batch.selection
     except BatchStopped as error:

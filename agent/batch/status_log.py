@@ -56,8 +56,12 @@ class RunConfig(BaseModel):
         default="majority", description="how one of K samples is chosen (agent.batch.voting)")
 
     def differences(self, other: RunConfig) -> list[str]:
+        """The settings that differ; the model's replica list is a deployment detail (`same_model`)."""
+        from agent.models.factory import same_model
+
         mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
-        return [key for key in mine if mine[key] != theirs.get(key)]
+        return [key for key in mine if mine[key] != theirs.get(key)
+                and not (key == "model" and same_model(self.model, other.model))]
 
 
 # -- the status log --------------------------------------------------------------------------------

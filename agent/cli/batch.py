@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from agent.batch.admission import AdmissionSettings
 from agent.batch.run import BatchRequest, BatchResult
 from agent.batch.tracing import TraceTests
 from agent.cli.common import default_of, fail, first_line
@@ -64,7 +65,8 @@ def batch(
     dataset_dir: Optional[Path] = DATASET_DIR,
     output: Path = typer.Option(..., "--output", "-o", help="run directory (must be empty unless --resume)"),
     model: str = typer.Option(DEFAULT_MODEL_URL, envvar="CWM_MODEL_URL",
-                              help="CWM server URL, chat:URL or replay:PATH; may use {instance_id} and {sample}"),
+                              help="CWM server URL, chat:URL or replay:PATH; may use {instance_id} and {sample}; "
+                              "URL1,URL2,... spreads episodes over replicas of one model"),
     workers: int = typer.Option(default_of(BatchRequest, "workers"), min=1, help="episodes in parallel (one sandbox each)"),
     samples: int = typer.Option(default_of(BatchRequest, "samples"), min=1,
                                 help="episodes per instance; the prediction is chosen by vote"),
@@ -92,6 +94,9 @@ def batch(
     outage_wait: float = typer.Option(default_of(BatchRequest, "outage_s"), "--outage-wait", min=1,
                                       help="seconds to wait for a model server or Docker daemon that went away "
                                            "before the batch stops (rerun with --resume)"),
+    admission: str = typer.Option(default_of(AdmissionSettings, "mode"), "--admission", metavar="kv|off",
+                                  help="kv: episodes in flight follow the model server's KV cache (its /metrics), "
+                                       "--workers the ceiling; off: --workers alone"),
     warm: int = typer.Option(default_of(BatchRequest, "warm"), min=0,
                              help="start the sandboxes of the next N episodes ahead, making their repository or "
                                   "instance images first (local executor)"),
@@ -124,6 +129,8 @@ def batch(
     from sandbox.base import SandboxError
 
     check_options(resume, redo_errors, executor, ray_address)
+    if admission not in ("kv", "off"):
+        fail(f"unknown --admission {admission!r}; choose kv or off")
     if select not in ("majority", "regression"):
         fail(f"unknown --select {select!r}; choose majority or regression (the oracle is --oracle)")
     if oracle and not evaluate:
@@ -144,6 +151,7 @@ def batch(
             loop=LoopConfig(max_turns=max_turns, wall_clock_s=wall_clock), sandbox_timeout_s=timeout,
             model_options={"temperature": temperature}, model_name=model_name, warm=warm, outage_s=outage_wait,
             select="oracle" if oracle else select, trace_tests=traced,
+            admission=AdmissionSettings(mode=admission),
             images=image_options(registry, image_prefix, platform, pull_timeout, pulls))
         result = run_batch(request, progress=make_progress(verbose=verbose))
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ their environment installed into it (install-generated files such as setuptools-
 edits of tracked files made by the install). Nothing is copied and nothing is wiped; the base commit is
 checked out if HEAD is elsewhere, as CWM's harness runs the images (`cwm/rl/envs/envs/swerl_tool.py`
 uses the image's /testbed as it is), and the history that is not an ancestor of it is pruned in the
-sandbox.
+sandbox. A base the image does not have (SWE-smith's bug branch, which its harness fetches from GitHub)
+is made from the image's HEAD and the instance's bug patch instead (agent.episode.base_patch).
 
 Every way, the model cannot read the fix from the repository's future (protocol, section 6;
 `sandbox.session.prune_git_history_script`), and the session is fresh when the model's first command
@@ -27,6 +28,7 @@ import time
 
 import structlog
 
+from agent.episode.base_patch import commit_base_patch
 from agent.episode.checkout import (
     SNAPSHOT_DATE,
     URL_PATTERN,
@@ -46,7 +48,7 @@ _NOT_A_REPOSITORY, _NO_SUCH_COMMIT, _CHECKOUT_FAILED = 3, 4, 5
 log = structlog.get_logger()
 
 __all__ = ["PRUNE_TIMEOUT_S", "SNAPSHOT_DATE", "URL_PATTERN", "WORKSPACE_PREFIX", "PreparedRepo", "RepoError",
-           "checkout_script", "place_in_image", "place_in_sandbox", "prepare_repo", "reap_workspaces"]
+           "checkout_script", "place_in_image", "place_in_sandbox", "prepare_repo", "reach_base", "reap_workspaces"]
 
 
 def place_in_sandbox(prepared: PreparedRepo, sandbox: Sandbox) -> None:
@@ -97,19 +99,18 @@ git rev-parse --verify HEAD
 )"""
 
 
-def place_in_image(sandbox: Sandbox, commit: str | None = None) -> str:
-    """Use the repository the image carries at the sandbox's workdir: check out `commit` (default: keep
-    HEAD), prune later history, reset the session there. Returns the commit checked out.
-
-    Grading calls this too, in its fresh sandbox, for instances whose image carries the repository
-    (`agent.instances.images.repo_in_image`), instead of `prepare_repo` + `place_in_sandbox`.
-    """
+def reach_base(sandbox: Sandbox, commit: str | None = None, base_patch: str = "") -> str:
+    """Put the image's repository at the base: check out `commit` (default: keep HEAD); if the image has no
+    such commit and the instance has a `base_patch`, make the base from HEAD and that patch
+    (agent.episode.base_patch). Returns the base commit. Nothing is pruned: grading stops here."""
     workdir, image = sandbox.config.workdir, sandbox.config.image
     done = sandbox.run(checkout_script(workdir, commit), aside=True)
     text = done.output.strip()
     if done.exit_code == _NOT_A_REPOSITORY:
         raise RepoError(f"{workdir} in {image} is not the top of a git repository: this image does not carry the "
                         "instance's repository; give the instance a repo_path, or no image to build one")
+    if done.exit_code == _NO_SUCH_COMMIT and base_patch.strip():
+        return commit_base_patch(sandbox, base_patch)
     if done.exit_code == _NO_SUCH_COMMIT:
         raise RepoError(f"the repository at {workdir} in {image} has no commit {commit!r}: the image was built for "
                         "another commit; check the instance's base_commit and image")
@@ -117,6 +118,18 @@ def place_in_image(sandbox: Sandbox, commit: str | None = None) -> str:
         raise RepoError(f"cannot check out {commit} in {image}: {text.splitlines()[-1] if text else 'git failed'}")
     if done.exit_code != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", text):
         raise RepoError(f"cannot read the repository at {workdir} in {image}: {text[-300:] or done.exit_code}")
-    _prune_and_reset(sandbox)
-    log.info("repo.in_image", image=image, commit=text[:12])
     return text
+
+
+def place_in_image(sandbox: Sandbox, commit: str | None = None, base_patch: str = "") -> str:
+    """Use the repository the image carries at the sandbox's workdir: put it at the base (`reach_base`),
+    prune the history that is not an ancestor of it, reset the session there. Returns the base commit.
+
+    Grading reaches the same base in its fresh sandbox (agent.grading.sandboxed.place_repository) for
+    instances whose image carries the repository (`agent.instances.images.repo_in_image`), instead of
+    `prepare_repo` + `place_in_sandbox`.
+    """
+    commit = reach_base(sandbox, commit, base_patch)
+    _prune_and_reset(sandbox)
+    log.info("repo.in_image", image=sandbox.config.image, commit=commit[:12])
+    return commit

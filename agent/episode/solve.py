@@ -46,6 +46,9 @@ class SolveRequest(BaseModel):
     repo_in_image: bool = Field(False, description="the image carries the repository at the workdir: check out "
                                 "`commit` there and prune later history; nothing is cloned or copied "
                                 "(agent.episode.repo.place_in_image)")
+    base_patch: str = Field("", description="with `repo_in_image`, when the image lacks `commit`: the patch that "
+                            "makes the base from the image's HEAD, committed in the sandbox (SWE-smith's bug patch; "
+                            "agent.episode.base_patch)")
     allow_dirty: bool = False
     repo_cache: bool = Field(True, description="Docker: start from the repository image of (repo, commit, image), "
                              "made on first use (agent.episode.repo_image); off: copy into every sandbox")
@@ -126,6 +129,7 @@ def _header(request: SolveRequest, instance_id: str, commit: str, config: Sandbo
         run_id=config.run_id, instance_id=instance_id, repo=request.repo, commit=commit, image=request.image,
         image_digest=digest, image_source=source, sandbox_backend=backend, workdir=config.workdir,
         start_script=startup_script(config), repo_in_image=request.repo_in_image, model=model.info,
+        base_patch=request.base_patch if request.repo_in_image else "",
         repo_from=start.way if start else "", repo_prepare_s=round(start.seconds, 3) if start else None,
         repo_image=start.image if start else "", runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(max_turns=loop.max_turns, context_size=loop.context_size, timeout_s=config.timeout_s,
@@ -231,7 +235,7 @@ def _place(request: SolveRequest, prepared: PreparedRepo | None, sandbox: Sandbo
     """Put the repository at the workdir the way `solve` chose; how, how long it took, and the commit."""
     began = time.monotonic()
     if prepared is None:
-        commit = place_in_image(sandbox, request.commit)
+        commit = place_in_image(sandbox, request.commit, request.base_patch)
         return RepoStart(way="image", seconds=time.monotonic() - began), commit
     if cached is not None:  # the image holds it, history pruned: nothing to do in the session
         way = "image-build" if cached[1] else "image-cache"

@@ -1,8 +1,9 @@
 """One prediction in one fresh sandbox, step for step as the official harness's `run_instance` does it.
 
 1. A fresh sandbox from the instance's image. Official images hold the repository at /testbed
-   already; an instance of ours gets it placed there (`place_repository`, the one call to change
-   when images carry every repository).
+   already (a SWE-smith instance's base is made there from the image's HEAD and its bug patch); an
+   instance of ours gets it placed there (`place_repository`, the one call to change when images
+   carry every repository).
 2. The model patch at /tmp/patch.diff, written as given, applied by the first command of swebench's
    chain that succeeds (`git apply --verbose`, `--3way`, `--reject`, then `patch --batch --forward
    --fuzz=5 -p1 -i`), the tree reset with `git checkout -- . ; git clean -fd` before each retry; if
@@ -25,7 +26,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from agent.episode.failures import classify
-from agent.episode.repo import RepoError, place_in_sandbox, prepare_repo
+from agent.episode.repo import RepoError, place_in_sandbox, prepare_repo, reach_base
 from agent.grading import official
 from agent.grading.forgery import Finding, check_patch
 from agent.grading.specs import GradingSpec
@@ -63,8 +64,12 @@ def docker_factory(config: SandboxConfig) -> Sandbox:
 
 
 def place_repository(sandbox: Sandbox, instance: Instance, spec: GradingSpec) -> None:
-    """Put the repository at /testbed at the base commit: nothing to do in an official image."""
+    """Put the repository at /testbed at the base commit: nothing to do in an official image, except for
+    an instance whose base is made from the image's HEAD and its bug patch (SWE-smith), made here as the
+    episode made it (agent.episode.base_patch: the same commit, which the graded patch is relative to)."""
     if spec.in_image:
+        if instance.bug_patch.strip():
+            reach_base(sandbox, instance.base_commit or None, instance.bug_patch)
         return
     prepared = prepare_repo(repo_source(instance, mirror=True), instance.base_commit or None)
     try:

@@ -6,9 +6,10 @@ One mapper per family, chosen by the source (`--subset`) or detected from the co
   v5 row's `image`, `eval_script`, `log_parser` and `eval_type` are fields too.
 - swe-smith: `image_name` is the image. The row's `patch` CREATES the bug (SWE-smith commits it on a
   branch named by the instance id), so the gold fix is that diff reversed (`agent.instances.patches`);
-  the bug patch is kept in `extra["bug_patch"]`. The episode starts at the bug branch (`base_commit` is
-  the instance id unless the row names a commit), whose head deletes the FAIL_TO_PASS test files, so
-  `tests_commit` tells grading to take the test files from the commit before it.
+  the bug patch is kept in `Instance.bug_patch`. The episode starts at the bug branch (`base_commit` is
+  the instance id unless the row names a commit) if the image has it; images as SWE-smith publishes them
+  do not (its harness fetches the branch from GitHub), and the base is then made in the sandbox from the
+  image's HEAD and the bug patch (agent.episode.base_patch).
 - swe-rebench: `docker_image` (or `image_name`) is the image; FAIL_TO_PASS/PASS_TO_PASS come as lists;
   `install_config` (Python version, packages, test command), with the `requirements` and `environment`
   columns folded into it, is kept for `agent.instances.envs`.
@@ -111,7 +112,7 @@ def _parsed(value: Any) -> Any:
 
 def _swe_smith(row: dict[str, Any], record: dict[str, Any], note: Note) -> set[str]:
     bug = row.get("patch") or ""
-    record["extra"]["bug_patch"] = bug
+    record["bug_patch"] = bug
     try:
         record["patch"] = invert_patch(bug) if bug.strip() else ""
     except PatchError as error:

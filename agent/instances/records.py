@@ -12,7 +12,7 @@ import json
 import shlex
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class InstanceSourceError(ValueError):
@@ -100,12 +100,26 @@ class Instance(BaseModel):
     test_command: str | None = Field(default=None, description="how to run the tests named in FAIL/PASS_TO_PASS")
     install_config: InstallConfig | None = Field(default=None, description="an install spec carried by the row "
                                                  "(SWE-rebench): builds the environment when there is no image")
-    tests_commit: str | None = Field(default=None, description="grading restores the FAIL_TO_PASS/PASS_TO_PASS "
-                                     "test files from this commit first (SWE-smith: the branch head deleted them)")
+    tests_commit: str | None = Field(default=None, description="SWE-smith: where its harness takes the FAIL_TO_PASS "
+                                     "test files back from (its branch head deleted them); kept, not read by this "
+                                     "runner, whose bases keep those files")
+    bug_patch: str = Field(default="", description="SWE-smith: the row's `patch`, which CREATES the bug (the gold "
+                           "fix, `patch`, is its reverse); when the image lacks `base_commit` (the bug branch), the "
+                           "episode and grading make the base from the image's HEAD and this patch")
     image_assets: dict[str, Any] | None = Field(default=None, description="SWE-bench Multimodal: images linked "
                                                 "from the problem statement and binary files of the patches")
     extra: dict[str, Any] = Field(default_factory=dict, description="the row's other columns, kept as they came "
                                   "(the mapper reports the ones nothing honours)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bug_patch_from_extra(cls, data: Any) -> Any:
+        """Run directories written before `bug_patch` was a field kept it in `extra["bug_patch"]`."""
+        if isinstance(data, dict) and not data.get("bug_patch") and isinstance(data.get("extra"), dict) \
+                and isinstance(data["extra"].get("bug_patch"), str):
+            extra = dict(data["extra"])
+            data = {**data, "bug_patch": extra.pop("bug_patch"), "extra": extra}
+        return data
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod

@@ -6,6 +6,8 @@ Spec syntax:
     completions:http(s)://...         the same, spelled out
     chat:http(s)://...                an OpenAI-compatible /v1/chat/completions endpoint
     replay:PATH                       the replies recorded in a trajectory file
+    URL1,URL2,...                     replicas of one model (agent.models.replicas); a prefix applies
+                                      to all (`chat:URL1,URL2`), and every entry must be of one kind
 
 `kind="completions" | "chat" | "replay"` chooses the client for a bare URL or path instead of a prefix
 (a prefix and a different `kind` together are an error). Keyword options go to the client and are
@@ -50,10 +52,63 @@ def parse_spec(spec: str, kind: str | None = None) -> tuple[str, str]:
     return kind, text
 
 
-def make_model(spec: str, *, kind: str | None = None, **options: Any) -> Model:
-    """Build the model client a spec names (no network traffic until first use)."""
-    kind, target = parse_spec(spec, kind)
+def parse_replicas(spec: str, kind: str | None = None) -> tuple[str, list[str]]:
+    """Split a spec into (kind, targets): one target, or several for a comma list of replicas.
+
+    A leading kind prefix applies to every entry; entries may also carry their own, but all must name
+    the same kind (replicas serve one model the same way). A replay spec is one path.
+    """
+    text = spec.strip()
+    prefix, sep, rest = text.partition(":")
+    if "," not in text:
+        found, target = parse_spec(text, kind)
+        return found, [target]
+    if sep and prefix in KINDS:
+        if kind is not None and kind != prefix:
+            raise ModelError(f"model spec '{spec}' says {prefix} but kind={kind} was asked for; drop one")
+        kind, text = prefix, rest
+    entries = [entry.strip() for entry in text.split(",")]
+    if not all(entries):
+        raise ModelError(f"model spec '{spec}' has an empty entry in its comma list of replicas; {USAGE}")
+    parsed = [parse_spec(entry, kind) for entry in entries]
+    kinds = sorted({found for found, _ in parsed})
+    if len(kinds) > 1:
+        raise ModelError(f"model spec '{spec}' mixes kinds ({', '.join(kinds)}); replicas must all be one kind")
+    if kinds[0] == "replay":
+        raise ModelError(f"model spec '{spec}' lists several replay files; a replay model reads one")
+    return kinds[0], [target for _, target in parsed]
+
+
+def same_model(first: str, second: str) -> bool:
+    """Do two specs name one deployment? Equal specs do, and so do server lists of one kind that share a
+    server: adding or removing a replica, or reordering them, changes where episodes run, not what they
+    produce (a resumed batch is the same run)."""
+    if first == second:
+        return True
+    from agent.models.http import normalize_base_url
+
+    try:
+        (kind, mine), (other_kind, theirs) = parse_replicas(first), parse_replicas(second)
+        if kind != other_kind or kind not in ("completions", "chat"):
+            return False
+        return bool({normalize_base_url(t)[0] for t in mine} & {normalize_base_url(t)[0] for t in theirs})
+    except ModelError:
+        return False
+
+
+def make_model(spec: str, *, kind: str | None = None, affinity: str | None = None, **options: Any) -> Model:
+    """Build the model client a spec names (no network traffic until first use).
+
+    `affinity` (an episode's identity, such as instance and sample) spreads the episodes of several
+    processes over replicas alike; a single server ignores it.
+    """
+    kind, targets = parse_replicas(spec, kind)
     given = {name: value for name, value in options.items() if value is not None}
+    if len(targets) > 1:
+        from agent.models.replicas import ReplicaSet
+
+        return ReplicaSet(kind, targets, affinity=affinity, **given)
+    target = targets[0]
     if kind == "replay":
         from agent.models.replay import ReplayModel
 

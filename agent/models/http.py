@@ -257,6 +257,9 @@ class ServerClient:
         timeout = httpx.Timeout(options.timeout_s, connect=min(options.connect_timeout_s, options.timeout_s))
         self._http = httpx.Client(timeout=timeout, headers=headers)
         self._answered = False  # has this server ever answered? (only then is an outage waited out)
+        # One replica of several (agent.models.replicas): a server found gone fails the request at once,
+        # so the episode moves to a live replica instead of waiting for this one.
+        self.fails_over = False
 
     def get(self, path: str, *, root: bool = False) -> Any:
         return self.request("GET", path, None, root=root)
@@ -320,6 +323,8 @@ class ServerClient:
         """Stop after `attempts` tries or `max_total_s`, except while a server that answered before is
         gone: then only after `outage_s`."""
         error = state.outcome.exception() if state.outcome else None
+        if self.fails_over and _is_gone(error):
+            return True
         if self._waits_out(error):
             return state.seconds_since_start >= self.options.outage_s
         return (stop_after_attempt(self.options.attempts) | stop_after_delay(self.options.max_total_s))(state)
@@ -545,6 +550,10 @@ class ServerModel(Model):
             else:
                 body["structured_outputs"] = {"regex": self.options.constraint}
         return body
+
+    def fail_over(self) -> None:
+        """Fail a request at once when the server is gone (see ServerClient.fails_over)."""
+        self._client.fails_over = True
 
     def close(self) -> None:
         self._client.close()

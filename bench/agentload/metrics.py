@@ -5,18 +5,20 @@ counters `vllm:num_preemptions_total`, `vllm:generation_tokens_total`, `vllm:pro
 `vllm:prompt_tokens_cached_total`, `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`;
 gauges `vllm:kv_cache_usage_perc` (0..1), `vllm:num_requests_running`, `vllm:num_requests_waiting`.
 Older vLLM named the KV gauge `vllm:gpu_cache_usage_perc`; it is read when the new name is absent.
-A metric with several label sets (engines, sources) is summed.
+A metric with several label sets (engines, sources) is summed. The parser is the runner's own
+(agent/models/metrics.py, which the batch's admission reads with), re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 import time
 
 import httpx
 from pydantic import BaseModel, Field
+
+from agent.models.metrics import parse_prometheus, pick
 
 COUNTERS = {
     "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
@@ -31,30 +33,7 @@ GAUGES = {
     "running": ("vllm:num_requests_running",),
     "waiting": ("vllm:num_requests_waiting",),
 }
-SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Metric name -> value summed over its label sets (comments and unparsable values skipped)."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line.strip())
-        if match is None:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        values[match.group(1)] = values.get(match.group(1), 0.0) + value
-    return values
-
-
-def pick(values: dict[str, float], names: tuple[str, ...]) -> float | None:
-    """The first of `names` the server exposes."""
-    for name in names:
-        if name in values:
-            return values[name]
-    return None
+__all__ = ["COUNTERS", "GAUGES", "MetricsReader", "Snapshot", "deltas", "gauge_summary", "parse_prometheus", "pick"]
 
 
 class Snapshot(BaseModel):

@@ -5,6 +5,13 @@ The prefix cache answers as vLLM's does in the figures a client can see: `cached
 longest prefix shared with an earlier prompt, in whole 16-token blocks, never the whole prompt (the
 last token is always computed). It holds prompts only (vLLM also keeps generated tokens' blocks) and
 drops the oldest beyond `cache_capacity` tokens, which is how a test makes eviction happen.
+
+With `kv_capacity` (tokens) the KV gauges follow the episodes instead of a scripted value (what the
+batch's KV-aware admission reads): every episode holds its context (its latest prompt and reply) from
+its first request until its last (a reply marked `last`), as vLLM holds the blocks of the requests it
+serves; a request whose prompt extends a held context is that episode's next turn. Held contexts are
+served oldest first while they fit the capacity; the rest count as waiting; `vllm:kv_cache_usage_perc`
+is the held share, at most 1. `peak_sessions` is the most episodes ever held at once.
 """
 
 from __future__ import annotations
@@ -28,6 +35,33 @@ class LoadState:
     kv_cache_usage: float = 0.0
     cached_prompts: list[str] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    running: float = 0.0  # scripted gauges (without kv_capacity)
+    waiting: float = 0.0
+    kv_capacity: int | None = None
+    sessions: list[tuple[str, int]] = field(default_factory=list)  # (prompt, tokens held), oldest first
+    peak_sessions: int = 0
+
+    def hold(self, prompt: str, tokens: int, last: bool) -> None:
+        """One episode's turn: its context replaces the one its prompt extends; the last turn frees it."""
+        earlier = next((i for i, (held, _) in enumerate(self.sessions) if prompt.startswith(held)), None)
+        if earlier is not None:
+            self.sessions.pop(earlier)
+        if not last:
+            self.sessions.append((prompt, tokens))
+        self.peak_sessions = max(self.peak_sessions, len(self.sessions))
+
+    def kv_gauges(self) -> tuple[float, float, float]:
+        """(KV usage share, running, waiting) now."""
+        if self.kv_capacity is None:
+            return self.kv_cache_usage, self.running, self.waiting
+        held = fitting = 0
+        for _, tokens in self.sessions:
+            if held + tokens > self.kv_capacity:
+                break
+            held += tokens
+            fitting += 1
+        demand = sum(tokens for _, tokens in self.sessions)
+        return min(1.0, demand / self.kv_capacity), fitting, len(self.sessions) - fitting
 
     def cached_tokens(self, prompt: str, count: Callable[[str], int]) -> int:
         """Tokens of the longest prefix shared with a cached prompt, in whole blocks; caches `prompt`."""
@@ -48,12 +82,15 @@ class LoadState:
     def metrics_text(self) -> str:
         """Prometheus exposition text under vLLM 0.26's names (counters get `_total`)."""
         lines = []
+        kv_usage, running, waiting = self.kv_gauges()
         for name, kind, value in (
             ("vllm:num_preemptions_total", "counter", self.counters["preemptions"]),
             ("vllm:generation_tokens_total", "counter", self.counters["generation"]),
             ("vllm:prompt_tokens_total", "counter", self.counters["prompt"]),
             ("vllm:prompt_tokens_cached_total", "counter", self.counters["cached"]),
-            ("vllm:kv_cache_usage_perc", "gauge", self.kv_cache_usage),
+            ("vllm:kv_cache_usage_perc", "gauge", kv_usage),
+            ("vllm:num_requests_running", "gauge", running),
+            ("vllm:num_requests_waiting", "gauge", waiting),
         ):
             lines += [f"# TYPE {name.removesuffix('_total')} {kind}",
                       f'{name}{{engine="0",model_name="cwm"}} {float(value)}']

@@ -20,8 +20,10 @@ completion request with `ignore_eos` and nothing scripted generates exactly `max
 letter each); `stream: true` answers in server-sent events with a final usage chunk; with
 `prefix_cache=True` every answer reports `cached_tokens`, the longest prefix shared with an earlier
 prompt in whole 16-token blocks (prompts only, oldest dropped beyond `cache_capacity` tokens); and
-GET /metrics serves Prometheus counters and gauges under vLLM's names (`preemptions_per_request` and
-`kv_cache_usage` script what the server cannot simulate).
+GET /metrics serves Prometheus counters and gauges under vLLM's names (`preemptions_per_request`,
+`kv_cache_usage`, `running` and `waiting` script what the server cannot simulate; with `kv_capacity`
+the KV gauges follow the episodes it serves instead, tests/fakes/load.py; `metrics=False`: no
+/metrics at all, as a server that is not vLLM).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Reply:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     raw: Any = None  # send this JSON as the whole answer instead
+    last: bool = False  # the episode's last turn: its context leaves the KV (with kv_capacity)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _State:
     has_tokenize: bool
     has_models: bool
     count: Callable[[str], int]
+    has_metrics: bool = True
     requests: list[Recorded] = field(default_factory=list)
     replies: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
     faults: dict[str, deque[Fault]] = field(default_factory=lambda: defaultdict(deque))
@@ -114,9 +118,12 @@ class FakeOpenAIServer:
         count: Callable[[str], int] = toy_count,
         prefix_cache: bool = False,
         cache_capacity: int | None = None,
+        kv_capacity: int | None = None,
+        metrics: bool = True,
         respond: Callable[[dict[str, Any]], Reply] | None = None,
     ) -> None:
-        self._state = _State(list(models), max_model_len, tokenize, list_models, count)
+        self._state = _State(list(models), max_model_len, tokenize, list_models, count, metrics)
+        self._state.load.kv_capacity = kv_capacity
         self._state.respond = respond
         self._state.load.prefix_cache = prefix_cache
         self._state.load.cache_capacity = cache_capacity
@@ -190,13 +197,32 @@ class FakeOpenAIServer:
     def drop(self, times: int = 1, *, path: str = COMPLETIONS) -> None:
         self._fault(path, times, Fault("drop"))
 
-    def set_load(self, *, preemptions_per_request: int | None = None, kv_cache_usage: float | None = None) -> None:
-        """Script the metrics a fake cannot simulate."""
+    def set_load(self, *, preemptions_per_request: int | None = None, kv_cache_usage: float | None = None,
+                 running: float | None = None, waiting: float | None = None, kv_capacity: int | None = None) -> None:
+        """Script the metrics a fake cannot simulate (or set the KV capacity that makes it simulate them)."""
         with self._state.lock:
+            load = self._state.load
             if preemptions_per_request is not None:
-                self._state.load.preemptions_per_request = preemptions_per_request
+                load.preemptions_per_request = preemptions_per_request
             if kv_cache_usage is not None:
-                self._state.load.kv_cache_usage = kv_cache_usage
+                load.kv_cache_usage = kv_cache_usage
+            if running is not None:
+                load.running = running
+            if waiting is not None:
+                load.waiting = waiting
+            if kv_capacity is not None:
+                load.kv_capacity = kv_capacity
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most episodes whose contexts the server held at once (with kv_capacity)."""
+        with self._state.lock:
+            return self._state.load.peak_sessions
+
+    def sessions(self) -> int:
+        """Episodes whose contexts the server holds now."""
+        with self._state.lock:
+            return len(self._state.load.sessions)
 
     def counter(self, name: str) -> float:
         """A /metrics counter's value now (preemptions, generation, prompt, cached)."""
@@ -286,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = body.get("prompt", "") if isinstance(body, dict) else ""
             self._send(200, {"count": state.count(prompt), "max_model_len": state.max_model_len or 131072,
                              "tokens": []})
-        elif route == ("GET", METRICS):
+        elif route == ("GET", METRICS) and state.has_metrics:
             with state.lock:
                 text = state.load.metrics_text()
             self._send(200, text.encode(), content_type="text/plain; version=0.0.4")
@@ -362,6 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
                 reply.cached_tokens = load.cached_tokens(prompt, count)
             usage = self._usage(reply, count(prompt), count(text))
             load.account(usage["prompt_tokens"], usage["completion_tokens"], reply.cached_tokens or 0)
+            if load.kv_capacity is not None:
+                load.hold(prompt, usage["total_tokens"], reply.last)
         return {
             "id": "cmpl-fake", "object": "text_completion", "model": body["model"],
             "choices": [{"index": 0, "text": text, "finish_reason": reply.finish_reason, "logprobs": None}],

@@ -21,7 +21,7 @@ from agent.instances.images import rule_image
 from images.registry import image_present
 from tests.helpers import REPO_ROOT, bash, write_replies
 from tests.local_registry import remove_local
-from tests.official_images import build_official_image, make_repository, remove_image
+from tests.official_images import add_fix_replies, build_official_image, make_repository, remove_image
 from traces.recorder import read_trajectory
 
 pytestmark = pytest.mark.docker
@@ -67,14 +67,7 @@ def test_batch_pulls_runs_in_the_image_and_grades_resolved(tmp_path: Path, base_
            "eval_script": eval_script(base), "log_parser": "parse_log_pytest", "eval_type": "pass_and_fail"}
     instances = tmp_path / "instances.jsonl"
     instances.write_text(json.dumps(row) + "\n")
-    replies = write_replies(tmp_path / "replies.jsonl", [
-        bash(first_look(fix)),
-        "The sign is wrong.\n</think>\n\n<tool: edit>\ncalc/__init__.py\n<<<<<<< SEARCH\n    return a - b\n"
-        "=======\n    return a + b\n>>>>>>> REPLACE\n</tool>",
-        bash("git diff > /tmp/fix.patch && python3 -m pytest -q -p no:cacheprovider tests | tail -1 | cut -d' ' -f1-2"),
-        "Submitting.\n</think>\n\n<tool: submit>\n/tmp/fix.patch\n</tool>",
-        "Done.\n</think>\n\nadd() adds now.",
-    ])
+    replies = add_fix_replies(tmp_path / "replies.jsonl", first_look(fix))
     out = tmp_path / "run"
     try:
         done = subprocess.run(

@@ -53,7 +53,7 @@ def test_swe_smith_patch_creates_the_bug_so_the_gold_fix_is_its_reverse(tmp_path
     (instance,) = load_instances(write_jsonl(tmp_path / "smith.jsonl", [smith_row(BUG)]))
     assert (instance.dataset, instance.image) == ("swe-smith", "swebench/swesmith.x86_64.calc_1776_calc.1a2b3c4d")
     assert instance.patch == invert_patch(BUG) and "+    return a + b" in instance.patch
-    assert instance.extra["bug_patch"] == BUG  # kept, never the fix
+    assert instance.bug_patch == BUG and "bug_patch" not in instance.extra  # kept, never the fix
     assert (instance.base_commit, instance.tests_commit) == (SMITH_ID, f"{SMITH_ID}~1")
     assert instance.FAIL_TO_PASS == ["tests/test_calc.py::test_add"] and "image_name" not in instance.extra
 
@@ -61,6 +61,17 @@ def test_swe_smith_patch_creates_the_bug_so_the_gold_fix_is_its_reverse(tmp_path
 def test_swe_smith_row_naming_its_bug_commit_needs_no_test_commit(tmp_path: Path) -> None:
     (instance,) = load_instances(write_jsonl(tmp_path / "smith.jsonl", [smith_row(BUG, base_commit="f" * 40)]))
     assert (instance.base_commit, instance.tests_commit) == ("f" * 40, None)
+
+
+def test_a_run_directorys_smith_instance_keeps_its_bug_patch_mapped_once(tmp_path: Path) -> None:
+    """instances.jsonl of a run is read as it is (the fix is not reversed again); files written before
+    `bug_patch` was a field kept it in `extra`."""
+    (mapped,) = load_instances(write_jsonl(tmp_path / "smith.jsonl", [smith_row(BUG)]))
+    (again,) = load_instances(write_jsonl(tmp_path / "run.jsonl", [mapped.model_dump()]))
+    assert (again.bug_patch, again.patch) == (BUG, mapped.patch)
+    older = {**mapped.model_dump(exclude={"bug_patch"}), "extra": {"bug_patch": BUG, "license_name": "MIT"}}
+    (old,) = load_instances(write_jsonl(tmp_path / "older.jsonl", [older]))
+    assert (old.bug_patch, old.extra, old.patch) == (BUG, {"license_name": "MIT"}, mapped.patch)
 
 
 def test_a_binary_bug_patch_leaves_no_gold_fix_and_says_so() -> None:
