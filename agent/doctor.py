@@ -76,8 +76,20 @@ def check_model(url: str) -> Check:
     return Check(name="model server", ok=True, detail=f"{base} serves {', '.join(names) or 'nothing'}")
 
 
+def check_models(spec: str) -> list[Check]:
+    """One check per server the spec names (`URL1,URL2`: every replica must answer); none for a replay."""
+    from agent.models.base import ModelError
+    from agent.models.factory import parse_replicas
+
+    try:
+        kind, targets = parse_replicas(spec)
+    except ModelError as error:
+        return [Check(name="model server", ok=False, detail=str(error), fix="fix the --model spec")]
+    return [] if kind == "replay" else [check_model(target) for target in targets]
+
+
 def run_checks(model_url: str | None, workdir: Path) -> list[Check]:
     checks = [check_docker(), check_base_image(), check_disk(workdir), check_bwrap()]
     if model_url:
-        checks.append(check_model(model_url))
+        checks += check_models(model_url)
     return checks

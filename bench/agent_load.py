@@ -44,10 +44,12 @@ if str(REPO) not in sys.path:  # run as a program: the runner's packages and ben
 
 import httpx  # noqa: E402
 
+from agent.batch.admission import AdmissionSettings  # noqa: E402
 from agent.logs import configure_logging  # noqa: E402
 from agent.models.completions import CompletionsModel  # noqa: E402
 from agent.models.factory import make_model  # noqa: E402
 from bench.agentload.episode import Player  # noqa: E402
+from bench.agentload.gate import AdmissionGate  # noqa: E402
 from bench.agentload.lengths import (  # noqa: E402
     EpisodePlan,
     default_trajectories,
@@ -108,14 +110,21 @@ def new_model(args: argparse.Namespace) -> CompletionsModel:
     return model
 
 
-async def worker(player: Player, plans: Plans, stagger: bool) -> None:
-    """Episodes back to back; the first may start mid-life (see the module docstring)."""
+async def worker(player: Player, plans: Plans, stagger: bool, gate: AdmissionGate | None = None) -> None:
+    """Episodes back to back; the first may start mid-life (see the module docstring). With a gate,
+    each episode waits for admission before it starts (bench/agentload/gate.py)."""
     first = True
     while True:
         plan = plans.next(player.rng)
         start = player.rng.randrange(plan.turns) if stagger and first else 0
         first = False
-        end = await player.play(plan, start)
+        if gate is not None:
+            await gate.enter()
+        try:
+            end = await player.play(plan, start)
+        finally:
+            if gate is not None:
+                gate.leave()
         if end.ending == "error":
             await asyncio.sleep(0.5)  # a failing server is not hammered
 
@@ -160,6 +169,8 @@ async def measure(args: argparse.Namespace, report: dict[str, Any], plans: Plans
     timeout = httpx.Timeout(args.timeout, connect=10.0)
     async with httpx.AsyncClient(base_url=probe.api_base, timeout=timeout, limits=limits) as client:
         metrics = MetricsReader(client, probe.root + "/metrics")
+        gate = AdmissionGate(probe.root + "/metrics", max(args.levels),
+                             AdmissionSettings(start=args.admission_start)) if args.admission else None
         first = await metrics.snapshot()
         sampler = asyncio.create_task(metrics.sample_forever())
         players: list[Player] = []
@@ -173,7 +184,9 @@ async def measure(args: argparse.Namespace, report: dict[str, Any], plans: Plans
                 new = [Player(i, new_model(args), client, pool, extra_body, args.max_context, args.seed + i,
                               args.tool_seconds) for i in range(len(players), level)]
                 players += new
-                tasks += [asyncio.create_task(worker(p, plans, not args.no_stagger)) for p in new]
+                if gate is not None:
+                    gate.new_level()
+                tasks += [asyncio.create_task(worker(p, plans, not args.no_stagger, gate)) for p in new]
                 waited = await warm_up(new, warm_s)
                 before, start = await metrics.snapshot(), time.monotonic()
                 await asyncio.sleep(window_s)
@@ -183,6 +196,8 @@ async def measure(args: argparse.Namespace, report: dict[str, Any], plans: Plans
                 result = level_report(level, records, ends, (start, end), (before, after), metrics.samples,
                                       expected, args.gpus, synthetic.get(level))
                 result["warmup_s"] = waited
+                if gate is not None:
+                    result["admission"] = gate.level_figures()
                 report["levels"].append(result)
                 write()
         finally:
@@ -259,6 +274,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the report here (after every level)")
+    parser.add_argument("--admission", action="store_true", help="hold new episodes back as `agent batch "
+                        "--admission kv` does (agent/batch/admission.py); each level's episodes are the ceiling")
+    parser.add_argument("--admission-start", type=int, default=AdmissionSettings().start,
+                        help="with --admission: episodes allowed in flight before the first reading")
     parser.add_argument("--stop-at", type=float, help="UNIX time to be done by: later levels get shorter "
                         "windows, or are skipped (a device lease ends at a fixed time)")
     args = parser.parse_args(argv)

@@ -29,7 +29,9 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import docker
 
@@ -123,14 +125,16 @@ def _compile_locale(target: Path) -> None:
 
 def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, package: str = "calc",
                          remote: bool = True, install: str = "true", locale: bool = False,
-                         snapshot: bool = False) -> str:
+                         snapshot: bool = False, task_branches: Sequence[TaskBranch] = ()) -> str:
     """Build `tag`: /testbed a clone of `repo` reset to `commit` with later history still reachable from
     the reflog, the untracked `_version.py`, and the bashrc-only `testbed` environment (`install` runs
     last, in the image, e.g. to edit tracked files as some official install steps do).
 
     `snapshot`: SWE-smith's shape instead (`swebench/swesmith.x86_64.<repo>.<commit[:8]>`): /testbed holds
     `commit`'s files as the one commit `Initial commit` on `main`, as its mirrors are made
-    (`swesmith/profiles/base.py`), with the mirror as origin and no bug branch."""
+    (`swesmith/profiles/base.py`), with the mirror as origin and no bug branch; `task_branches` adds
+    SWE-smith task branches as its own tools make them (`_add_task_branch`), as an image built with
+    them, or with the branches fetched, would hold."""
     with tempfile.TemporaryDirectory(prefix="cwm-official-") as scratch:
         context = Path(scratch)
         if locale:  # (an empty COPY would leave an empty layer, which fuse-overlayfs builds trip over)
@@ -141,6 +145,8 @@ def build_official_image(base_image: str, repo: Path, commit: str, tag: str, *, 
         git(testbed, "reset", "-q", "--hard", commit)
         if snapshot:
             _as_snapshot(testbed)
+        for branch in task_branches:
+            _add_task_branch(testbed, branch, context / "bug.patch")
         if remote:
             git(testbed, "remote", "set-url", "origin", "https://github.com/example/calc.git")
         else:
@@ -166,6 +172,29 @@ def _as_snapshot(testbed: Path) -> None:
     git(testbed, "remote", "add", "origin", "git@github.com:swesmith/example__calc.1a2b3c4d.git")
 
 
+class TaskBranch(NamedTuple):
+    """A SWE-smith task branch: `name` (the instance id), the bug patch, the test files its last commit
+    removes (none: SWE-smith then makes no removal commit)."""
+
+    name: str
+    bug_patch: str
+    removed: tuple[str, ...] = ()
+
+
+def _add_task_branch(testbed: Path, branch: TaskBranch, scratch: Path) -> None:
+    """`Bug Patch` (the bug applied to main) then, if it removes any, `Remove F2P Tests`, on a branch
+    named by the instance; main stays checked out."""
+    scratch.write_text(branch.bug_patch)
+    git(testbed, "checkout", "-q", "-b", branch.name, "main")
+    git(testbed, "apply", str(scratch))
+    git(testbed, "add", "-A")
+    git(testbed, "commit", "-q", "-m", "Bug Patch")
+    if branch.removed:
+        git(testbed, "rm", "-q", "--", *branch.removed)
+        git(testbed, "commit", "-q", "-m", "Remove F2P Tests")
+    git(testbed, "checkout", "-q", "main")
+
+
 def build_from(base_image: str, tag: str, *run: str) -> str:
     """A small image: `base_image` plus one RUN line per command (for start-up and pull tests)."""
     with tempfile.TemporaryDirectory(prefix="cwm-image-") as context:
@@ -189,7 +218,7 @@ def remove_image(tag: str) -> None:
         client.close()
 
 
-__all__ = ["OFFICIAL_PREFIX", "build_from", "build_official_image", "host_can_compile_locale", "make_repository",
+__all__ = ["OFFICIAL_PREFIX", "TaskBranch", "build_from", "build_official_image", "host_can_compile_locale", "make_repository",
            "official_image_name", "remove_image"]
 
 

@@ -59,6 +59,8 @@ class Header(BaseModel):
     base_patch: str = Field("", description="repo_in_image: the patch `commit` was made from, applied to the image's "
                             "HEAD in the sandbox because the image lacks the base (SWE-smith's bug patch, "
                             "agent.episode.base_patch); a replay makes the same commit. Never shown to the model")
+    base_hidden: list[str] = Field(default_factory=list, description="with base_patch: the files the made commit "
+                                   "leaves out (SWE-smith's FAIL_TO_PASS test files); a replay leaves out the same")
     repo_from: Literal["", "image-cache", "image-build", "copy", "image"] = Field(
         "", description="how the repository got to `workdir`: image-cache (started from an existing repository "
         "image, nothing copied), image-build (copied once into a new repository image, started from it), copy "

@@ -34,13 +34,14 @@ import structlog
 from pydantic import BaseModel, Field
 
 from agent.batch.status_log import EpisodeSummary
-from agent.batch.tracing import TraceArchive, TraceTests, pack_traces, solve_fields
+from agent.batch.tracing import TraceArchive, TraceTests, error_dir, pack_traces, solve_fields, unreference
 from agent.batch.warm import LookaheadPools
 from agent.episode.failures import Failure, classify
 from agent.episode.loop import LoopConfig
 from agent.instances.images import ImageOptions
 from agent.instances.records import Instance
 from agent.logs import configure_logging
+from agent.worldmodel.traced_tests import traces_root
 from sandbox.base import DEFAULT_TIMEOUT_S
 from traces.schema import Ending, Evaluation
 
@@ -164,6 +165,7 @@ class GradingError(RuntimeError):
 
 def solve_request(job: EpisodeJob, output: Path) -> Any:
     """The episode's agent.episode.solve.SolveRequest, its image found, built or pulled first."""
+    from agent.episode.base_patch import f2p_test_files
     from agent.episode.solve import SolveRequest
     from agent.instances.images import repo_in_image
     from agent.instances.sources import repo_source
@@ -176,6 +178,7 @@ def solve_request(job: EpisodeJob, output: Path) -> Any:
         repo=instance.repo if in_image else repo_source(instance), repo_in_image=in_image,
         commit=instance.base_commit or None, issue=instance.problem_statement,
         base_patch=instance.bug_patch,  # SWE-smith: the base is made from it (agent.episode.base_patch)
+        base_hidden=f2p_test_files(instance.FAIL_TO_PASS) if instance.bug_patch.strip() else [],
         image=image, output=output, instance_id=instance.instance_id, loop=job.loop,
         sandbox=SandboxConfig(image=image, timeout_s=job.sandbox_timeout_s, run_id=job.run_id),
         **solve_fields(job.trace_tests, instance),
@@ -235,14 +238,28 @@ def run_job(job: EpisodeJob, on_step: StepCallback | None = None,
         found = next(output.rglob("*.traj.jsonl"), None)
         summary = _summarise(found, None, time.monotonic() - started, "") if found is not None else EpisodeSummary(
             elapsed_s=round(time.monotonic() - started, 3), node=socket.gethostname())
+        trajectory, traces = found.read_text(encoding="utf-8") if found is not None else None, None
+        if trajectory is not None:
+            trajectory, traces = _error_traces(job, output, trajectory)
         return EpisodeOutcome(
             instance_id=job.instance.instance_id, sample=job.sample, attempt=job.attempt, slot=job.slot, ok=False,
-            error=message, failure=failure,
-            trajectory=found.read_text(encoding="utf-8") if found is not None else None, summary=summary,
+            error=message, failure=failure, trajectory=trajectory, traces=traces, summary=summary,
         )
     finally:
         if temporary:
             shutil.rmtree(output, ignore_errors=True)
+
+
+def _error_traces(job: EpisodeJob, output: Path, trajectory: str) -> tuple[str, TraceArchive | None]:
+    """An errored attempt's traces (the phases it reached ran on real code: they are data), as that
+    attempt's own folder (agent.batch.tracing.error_dir); never raises, as run_job must not."""
+    try:
+        return pack_traces(job.trace_tests, job.instance, job.sample, output, trajectory,
+                           folder=error_dir(job.sample, job.attempt))
+    except (OSError, ValueError) as error:
+        log.warning("batch.error_traces_not_packed", instance=job.instance.instance_id, error=str(error))
+        return unreference(trajectory, traces_root(output, job.instance.instance_id).name,
+                           f"the traces could not be packed: {error}"), None
 
 
 # -- executors ----------------------------------------------------------------------------------------

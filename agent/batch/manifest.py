@@ -30,6 +30,9 @@ class SampleRecord(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     trajectory: str | None = Field(default=None, description="path relative to the run directory")
+    traces: str | None = Field(default=None, description="--trace-tests: the folder of this outcome's traces, "
+                               "relative to the run directory (`<k>.traces`, or `<k>.attempt<a>.error.traces` for "
+                               "an error); null when it keeps none. Its phases: summary.trace_phases")
     summary: EpisodeSummary | None = None
 
 

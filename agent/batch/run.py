@@ -46,7 +46,7 @@ from agent.batch.outages import BatchStopped, OutageGate, disk_full_stop, model_
 from agent.batch.selection import rank_by_existing_tests
 from agent.batch.state import BatchState, atomic_write
 from agent.batch.status_log import BatchRefused, RunConfig
-from agent.batch.tracing import TraceTests, write_traces
+from agent.batch.tracing import TraceTests, place_traces
 from agent.batch.voting import Method
 from agent.episode.failures import disk_full
 from agent.episode.loop import LoopConfig
@@ -178,26 +178,37 @@ def _detail(outcome: EpisodeOutcome) -> str:
 
 
 def _commit(state: BatchState, outcome: EpisodeOutcome) -> None:
-    """Write the sample's files, then record the outcome (the commit point), then tidy up."""
+    """Write the sample's files, then record the outcome (the commit point), then tidy up.
+
+    Traces are written first, so a trajectory never points at traces that could not be written. An
+    errored attempt's traces (the phases it reached) go to its own folder beside its kept-aside
+    trajectory, never to `<k>.traces/`; `tidy_traces` then drops what belongs to no outcome any more
+    (agent.batch.tracing).
+    """
     layout, (instance_id, sample) = state.layout, outcome.key
     finals = (layout.trajectory(instance_id, sample), layout.patch(instance_id, sample),
               layout.sandbox_diff(instance_id, sample))
     if outcome.ok:
-        atomic_write(finals[0], outcome.trajectory or "")
+        trajectory, phases = place_traces(layout.traces(instance_id, sample), outcome.traces, outcome.trajectory or "")
+        atomic_write(finals[0], trajectory)
         if outcome.patch:
             atomic_write(finals[1], outcome.patch)
         else:
             finals[1].unlink(missing_ok=True)
         atomic_write(finals[2], outcome.sandbox_diff or "")
-        write_traces(layout.traces(instance_id, sample), outcome.traces)
-        state.done(instance_id, sample, outcome.attempt, outcome.summary)
+        state.done(instance_id, sample, outcome.attempt, outcome.summary.model_copy(update={"trace_phases": phases}))
     else:
+        kept, phases = None, []
         if outcome.trajectory:
-            atomic_write(layout.aside(instance_id, sample, outcome.attempt, "error"), outcome.trajectory)
+            kept, phases = place_traces(layout.error_traces(instance_id, sample, outcome.attempt), outcome.traces,
+                                        outcome.trajectory)
+            atomic_write(layout.aside(instance_id, sample, outcome.attempt, "error"), kept)
         for path in finals:  # left by an attempt that died between writing them and committing
             path.unlink(missing_ok=True)
         shutil.rmtree(layout.traces(instance_id, sample), ignore_errors=True)
-        state.error(instance_id, sample, outcome.attempt, outcome.error or "error", outcome.summary, outcome.failure)
+        state.error(instance_id, sample, outcome.attempt, outcome.error or "error",
+                    outcome.summary.model_copy(update={"trace_phases": phases}), outcome.failure)
+    state.tidy_traces(instance_id, sample)
     shutil.rmtree(layout.running_dir(instance_id, sample), ignore_errors=True)
 
 
@@ -275,7 +286,7 @@ def _config(request: BatchRequest) -> RunConfig:
                      image=request.image, evaluate=request.evaluate, loop=request.loop.model_dump(mode="json"),
                      sandbox_timeout_s=request.sandbox_timeout_s, model_name=request.model_name,
                      trace_tests=request.trace_tests.model_dump(mode="json") if request.trace_tests else None,
-                     select=request.select)
+                     select=request.select, image_prefix=request.images.prefix, platform=request.images.pull.platform)
 
 
 def _specs(request: BatchRequest) -> dict[tuple[str, int], str]:

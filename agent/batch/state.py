@@ -40,6 +40,9 @@ Run directory (DIR):
                                  shows it as running)
         <k>.attempt<a>.partial.jsonl   trajectory of attempt a, killed with the runner (kept aside)
         <k>.attempt<a>.error.jsonl     trajectory of attempt a, which ended in an error (kept aside)
+        <k>.attempt<a>.error.traces/   with --trace-tests: the traces attempt a took before its error (the
+                                       phases it reached), referenced from that trajectory; kept only while
+                                       the error is the sample's outcome (`tidy_traces`)
 
 The kept-aside files do not end in .traj.jsonl, so exports and the viewer's run table skip them;
 `agent view FILE` still opens one.
@@ -74,7 +77,7 @@ from agent.batch.status_log import (
     StatusLog,
     utc_now,
 )
-from agent.batch.tracing import sample_dir
+from agent.batch.tracing import error_dir, error_dirs, sample_dir, staging_dirs, unreference
 from agent.batch.voting import Candidate, Vote, candidate, choose, preds_name, read_regressions
 from agent.episode.failures import Failure, disk_full
 from agent.instances.records import Instance, Prediction
@@ -148,6 +151,9 @@ class RunLayout:
 
     def traces(self, instance_id: str, sample: int) -> Path:
         return self.instance_dir(instance_id) / sample_dir(sample)
+
+    def error_traces(self, instance_id: str, sample: int, attempt: int) -> Path:
+        return self.instance_dir(instance_id) / error_dir(sample, attempt)
 
     def running_dir(self, instance_id: str, sample: int) -> Path:
         return self.instance_dir(instance_id) / f"{sample}.running"
@@ -266,6 +272,7 @@ class BatchState:
                 if sample.status != "running":
                     if running.exists():  # the runner died after committing the outcome, before tidying
                         _remove_tree(running)
+                    self.tidy_traces(record.instance_id, sample.sample)
                     continue
                 kept = None
                 partial = next(running.rglob("*.traj.jsonl"), None) if running.is_dir() else None
@@ -281,7 +288,31 @@ class BatchState:
                 _remove_tree(self.layout.traces(record.instance_id, sample.sample))
                 self._append(AbandonedEvent(instance_id=record.instance_id, sample=sample.sample,
                                             attempt=sample.attempts, kept=kept))
+                self.tidy_traces(record.instance_id, sample.sample)  # after: the sample is pending now
                 self.abandoned.append((record.instance_id, sample.sample, sample.attempts))
+
+    def tidy_traces(self, instance_id: str, sample: int) -> None:
+        """Keep an errored attempt's traces only while that error is the sample's outcome, and no
+        half-unpacked traces: the folders of other attempts (retried, abandoned, or made obsolete by
+        a later outcome) go, their kept-aside trajectories first told why their records lost their
+        paths, and `write_traces` staging folders left by a kill go too.
+
+        Idempotent, so a kill at any instant of it is finished by the next open (which calls it for
+        every sample): a trajectory is rewritten before its folder is removed.
+        """
+        record = self.sample(instance_id, sample)
+        keep = record.attempts if record.status == "error" else None
+        for attempt, folder in sorted(error_dirs(self.layout.instance_dir(instance_id), sample).items()):
+            if attempt == keep:
+                continue
+            aside = self.layout.aside(instance_id, sample, attempt, "error")
+            if aside.exists():
+                why = (f"not kept: attempt {attempt} ended in an error and the sample was run again "
+                       "(its later attempt traced these tests anew)")
+                atomic_write(aside, unreference(aside.read_text(encoding="utf-8"), folder.name, why))
+            _remove_tree(folder)
+        for staging in staging_dirs(self.layout.instance_dir(instance_id), sample):
+            _remove_tree(staging)
 
     def _append(self, event: BaseModel) -> None:
         assert self._log is not None
@@ -298,20 +329,24 @@ class BatchState:
         if isinstance(event, StartEvent):
             sample.status, sample.attempts = "running", event.attempt
             sample.started_at, sample.ended_at, sample.error = event.at, None, None
-            sample.error_kind = sample.error_cause = None
+            sample.error_kind = sample.error_cause = sample.traces = None
         elif isinstance(event, DoneEvent):
             sample.status, sample.ended_at, sample.error = "done", event.at, None
             sample.summary = event.summary
             sample.trajectory = str(self.layout.trajectory(event.instance_id, event.sample)
                                     .relative_to(self.layout.root))
+            sample.traces = str(self.layout.traces(event.instance_id, event.sample).relative_to(self.layout.root)) \
+                if event.summary.trace_phases else None
             if self.model_name is None and event.summary.model_name:
                 self.model_name = event.summary.model_name
         elif isinstance(event, ErrorEvent):
             sample.status, sample.ended_at, sample.error = "error", event.at, event.error
             sample.error_kind, sample.error_cause = event.kind, event.cause
             sample.summary, sample.trajectory = event.summary, None
+            folder = self.layout.error_traces(event.instance_id, event.sample, event.attempt)
+            sample.traces = str(folder.relative_to(self.layout.root)) if event.summary.trace_phases else None
         elif isinstance(event, AbandonedEvent):
-            sample.status, sample.started_at = "pending", None
+            sample.status, sample.started_at, sample.traces = "pending", None, None
 
     # -- transitions -------------------------------------------------------------------------------
 

@@ -54,6 +54,9 @@ class RunConfig(BaseModel):
                                                "samples are all traced alike)")
     select: Literal["majority", "regression", "oracle"] = Field(
         default="majority", description="how one of K samples is chosen (agent.batch.voting)")
+    image_prefix: str | None = Field(default=None, description="--image-prefix: another namespace is other images "
+                                     "(arm64 builds); --registry, a mirror of the same images, may change")
+    platform: str | None = Field(default=None, description="--platform of the pulled images")
 
     def differences(self, other: RunConfig) -> list[str]:
         """The settings that differ; the model's replica list is a deployment detail (`same_model`)."""
@@ -108,6 +111,9 @@ class EpisodeSummary(BaseModel):
     completion_tokens: int = 0
     node: str = ""
     model_name: str = ""
+    trace_phases: list[Literal["before", "after"]] = Field(
+        default_factory=list, description="--trace-tests: the phases of which this outcome keeps traces (an "
+        "errored episode: those it reached); [] without tracing, and in runs made before this field")
 
 
 class DoneEvent(_Event):

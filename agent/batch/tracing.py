@@ -14,7 +14,14 @@ batch needs on top of it:
   sample's trace folder as data in its `EpisodeOutcome` (a zip, base64), and the driver, the run
   directory's only writer, unpacks it to `trajectories/<instance>/<k>.traces/` before committing the
   outcome. The trajectory's `test_traces` paths are rewritten to that folder, relative to the
-  trajectory file as the format wants (docs/trajectory-format.md).
+  trajectory file as the format wants (docs/trajectory-format.md);
+- **errored attempts**: an episode that fails after its "before" phase still ran those tests on the
+  base commit, which is valid data. Its traces go to a folder of that attempt,
+  `<k>.attempt<a>.error.traces/`, beside its trajectory kept aside (`<k>.attempt<a>.error.jsonl`),
+  never to `<k>.traces/`: a later attempt writes there, and one attempt's traces must never mix with
+  another's. They are kept only while that error is the sample's outcome (agent.batch.state
+  `tidy_traces`): a retry traces again, so once it commits (or is abandoned) the earlier attempt's
+  folder goes and its kept-aside trajectory says why its records lost their paths.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -52,6 +59,8 @@ DROPPED_FILE = "dropped.json"  # written beside the traces when the archive boun
 # What is kept first when the archive bound bites: the frames, then what can be made again from them
 # or is only for reading.
 _PRIORITY = {TRACE_FILE: 0, PROMPT_FILE: 1, OUTPUT_FILE: 2, SOURCES_FILE: 3}
+PHASES = ("before", "after")
+_ERROR_DIR = re.compile(rf"(\d+)\.attempt(\d+)\.error{re.escape(TRACES_SUFFIX)}")
 
 
 class TraceTests(BaseModel):
@@ -123,19 +132,26 @@ def sample_dir(sample: int) -> str:
     return f"{sample}{TRACES_SUFFIX}"
 
 
+def error_dir(sample: int, attempt: int) -> str:
+    """The folder of an errored attempt's traces, beside its kept-aside `<k>.attempt<a>.error.jsonl`."""
+    return f"{sample}.attempt{attempt}.error{TRACES_SUFFIX}"
+
+
 def pack_traces(option: TraceTests | None, instance: Instance, sample: int, output: Path,
-                trajectory: str) -> tuple[str, TraceArchive | None]:
-    """(the trajectory text with its test traces pointing at `<k>.traces/`, the folder as data).
+                trajectory: str, folder: str | None = None) -> tuple[str, TraceArchive | None]:
+    """(the trajectory text with its test traces pointing at `folder/`, by default `<k>.traces/`; the
+    folder as data).
 
     `output` is where solve wrote (its traces under `<instance_id>.traces/`). Untraceable ids are
-    added to the records; a trace whose frames the archive bound left out loses its path, and says so.
+    added to the records of each phase the episode reached (both, unless it ended in an error: then
+    those it has records of); a trace whose frames the archive bound left out loses its path, and says so.
     """
     if option is None:
         return trajectory, None
     root = traces_root(output, instance.instance_id)
     archive = _archive(root, option.max_archive_bytes) if root.is_dir() else None
     _, bad = split_traceable(option.node_ids_for(instance))
-    old, new = f"{root.name}/", f"{sample_dir(sample)}/"
+    old, new = f"{root.name}/", f"{folder or sample_dir(sample)}/"
     lost = {name.rsplit("/", 1)[0] for name in (archive.dropped if archive else []) if name.endswith(TRACE_FILE)}
 
     def rebased(record: TracedTest) -> TracedTest:
@@ -149,7 +165,9 @@ def pack_traces(option: TraceTests | None, instance: Instance, sample: int, outp
 
     def rewrite(ending: Ending) -> None:
         records = [rebased(r) for r in ending.test_traces]
-        ending.test_traces = [r for phase in ("before", "after") for r in
+        failed = ending.status in ("error", "interrupted")
+        reached = [p for p in PHASES if not failed or any(r.phase == p for r in records)]
+        ending.test_traces = [r for phase in reached for r in
                               [*(x for x in records if x.phase == phase),
                                *(TracedTest(node_id=n, phase=phase, error=why) for n, why in bad.items())]]
 
@@ -203,9 +221,10 @@ def write_traces(target: Path, archive: TraceArchive | None) -> str | None:
     shutil.rmtree(target, ignore_errors=True)
     if archive is None:
         return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target)
+    shutil.rmtree(staging, ignore_errors=True)
     try:
+        staging.mkdir(parents=True)
         _unpack(archive, staging)
         staging.replace(target)
         return None
@@ -214,6 +233,62 @@ def write_traces(target: Path, archive: TraceArchive | None) -> str | None:
         return str(error)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def place_traces(target: Path, archive: TraceArchive | None, trajectory: str) -> tuple[str, list[str]]:
+    """Write an attempt's traces at `target`; returns (the trajectory text, the phases that have traces).
+
+    Traces that could not be written lose their paths in the trajectory, with the reason, so a
+    committed trajectory never points at a folder that is not there.
+    """
+    why = write_traces(target, archive)
+    if why is not None:
+        return unreference(trajectory, target.name, f"the traces could not be written: {why}"), []
+    return trajectory, trace_phases(target)
+
+
+def trace_phases(folder: Path) -> list[str]:
+    """The phases of which `folder` holds at least one trace."""
+    return [phase for phase in PHASES if any((folder / phase).glob(f"*/{TRACE_FILE}"))]
+
+
+def unreference(trajectory: str, folder: str, why: str) -> str:
+    """The trajectory text with its test traces under `folder/` losing their path, `why` in their error."""
+    def change(ending: Ending) -> None:
+        ending.test_traces = [
+            r.model_copy(update={"path": None, "error": why + (f" ({r.error})" if r.error else "")})
+            if r.path is not None and r.path.startswith(f"{folder}/") else r for r in ending.test_traces]
+
+    return _with_ending(trajectory, change)
+
+
+def error_dirs(instance_dir: Path, sample: int) -> dict[int, Path]:
+    """attempt -> folder of the errored attempts' traces of sample k (`<k>.attempt<a>.error.traces`)."""
+    if not instance_dir.is_dir():
+        return {}
+    found = {}
+    for path in instance_dir.glob(f"{sample}.attempt*.error{TRACES_SUFFIX}"):
+        match = _ERROR_DIR.fullmatch(path.name)
+        if match is not None and int(match[1]) == sample:
+            found[int(match[2])] = path
+    return found
+
+
+def staging_dirs(instance_dir: Path, sample: int) -> list[Path]:
+    """`write_traces`'s staging folders of sample k (`.<k>.traces.partial`,
+    `.<k>.attempt<a>.error.traces.partial`), left by a runner killed while it unpacked traces."""
+    if not instance_dir.is_dir():
+        return []
+    attempts = [p for p in instance_dir.glob(f".{sample}.attempt*.error{TRACES_SUFFIX}.partial")
+                if (m := _ERROR_DIR.fullmatch(p.name[1:-len(".partial")])) is not None and int(m[1]) == sample]
+    return [p for p in [staging_dir(instance_dir / sample_dir(sample)), *attempts] if p.is_dir()]
+
+
+def staging_dir(target: Path) -> Path:
+    """Where `write_traces` unpacks before renaming into place: `.<target>.partial`. A fixed name, not a
+    random one: the driver is the only writer, so nothing can collide, and what a killed writer left
+    is found by name (`staging_dirs`)."""
+    return target.with_name(f".{target.name}.partial")
 
 
 def _unpack(archive: TraceArchive, staging: Path) -> None:

@@ -396,7 +396,8 @@ def verify(
         out = Path(output) if output is not None else Path(scratch)
         request = SolveRequest(
             repo=source, issue=header.issue, commit=commit, allow_dirty=commit is not None and not in_image,
-            repo_in_image=in_image, base_patch=header.base_patch if in_image else "", image=chosen_image,
+            repo_in_image=in_image, base_patch=header.base_patch if in_image else "",
+            base_hidden=header.base_hidden if in_image else [], image=chosen_image,
             output=out, instance_id=header.instance_id,
             loop=LoopConfig(max_turns=header.protocol.max_turns, context_size=header.protocol.context_size,
                             max_reply_tokens=header.protocol.max_reply_tokens, tools=tuple(header.protocol.tools)),

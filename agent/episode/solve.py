@@ -16,7 +16,7 @@ import structlog
 from pydantic import BaseModel, Field, field_validator
 
 from agent.episode.loop import LoopConfig, initial_messages, run_episode
-from agent.episode.repo import URL_PATTERN, PreparedRepo, place_in_image, place_in_sandbox, prepare_repo
+from agent.episode.repo import URL_PATTERN, PreparedRepo, place_base_in_image, place_in_sandbox, prepare_repo
 from agent.episode.repo_image import RepoStart, ensure_repo_image
 from agent.models.base import Model
 from agent.protocol import prompts
@@ -49,6 +49,9 @@ class SolveRequest(BaseModel):
     base_patch: str = Field("", description="with `repo_in_image`, when the image lacks `commit`: the patch that "
                             "makes the base from the image's HEAD, committed in the sandbox (SWE-smith's bug patch; "
                             "agent.episode.base_patch)")
+    base_hidden: list[str] = Field(default_factory=list, description="with `base_patch`: the files the made base "
+                                   "leaves out (SWE-smith's FAIL_TO_PASS test files, which its task branches "
+                                   "delete; agent.episode.base_patch.f2p_test_files)")
     allow_dirty: bool = False
     repo_cache: bool = Field(True, description="Docker: start from the repository image of (repo, commit, image), "
                              "made on first use (agent.episode.repo_image); off: copy into every sandbox")
@@ -130,6 +133,7 @@ def _header(request: SolveRequest, instance_id: str, commit: str, config: Sandbo
         image_digest=digest, image_source=source, sandbox_backend=backend, workdir=config.workdir,
         start_script=startup_script(config), repo_in_image=request.repo_in_image, model=model.info,
         base_patch=request.base_patch if request.repo_in_image else "",
+        base_hidden=request.base_hidden if request.repo_in_image and request.base_patch else [],
         repo_from=start.way if start else "", repo_prepare_s=round(start.seconds, 3) if start else None,
         repo_image=start.image if start else "", runner_version=RUNNER_VERSION,
         protocol=ProtocolSettings(max_turns=loop.max_turns, context_size=loop.context_size, timeout_s=config.timeout_s,
@@ -210,7 +214,10 @@ def solve(
         cached = _repo_image(request, prepared, backend, config.workdir)
         host_s += time.monotonic() - began
         with open_sandbox(config.model_copy(update={"image": cached[0]}) if cached else config) as sandbox:
-            start, commit = _place(request, prepared, sandbox, cached, host_s)
+            start, commit, hidden_tests = _place(request, prepared, sandbox, cached, host_s)
+            if hidden_tests:  # traced with the test files the made base hides, as graded
+                request = request.model_copy(update={"trace_test_patch": _joined(request.trace_test_patch,
+                                                                                 hidden_tests)})
             recorder = Recorder(trajectory, _header(request, instance_id, commit, config, model, backend, start))
             if on_ready is not None:
                 on_ready(start)
@@ -231,17 +238,25 @@ def solve(
 
 
 def _place(request: SolveRequest, prepared: PreparedRepo | None, sandbox: Sandbox, cached: tuple[str, bool] | None,
-           host_s: float) -> tuple[RepoStart, str]:
-    """Put the repository at the workdir the way `solve` chose; how, how long it took, and the commit."""
+           host_s: float) -> tuple[RepoStart, str, str]:
+    """Put the repository at the workdir the way `solve` chose; how, how long it took, the commit, and the
+    patch adding back the test files a made base hides (agent.episode.base_patch; usually empty)."""
     began = time.monotonic()
     if prepared is None:
-        commit = place_in_image(sandbox, request.commit, request.base_patch)
-        return RepoStart(way="image", seconds=time.monotonic() - began), commit
+        base = place_base_in_image(sandbox, request.commit, request.base_patch, request.base_hidden)
+        return RepoStart(way="image", seconds=time.monotonic() - began), base.commit, base.tests_patch
     if cached is not None:  # the image holds it, history pruned: nothing to do in the session
         way = "image-build" if cached[1] else "image-cache"
-        return RepoStart(way=way, seconds=host_s, image=cached[0]), prepared.commit
+        return RepoStart(way=way, seconds=host_s, image=cached[0]), prepared.commit, ""
     place_in_sandbox(prepared, sandbox)
-    return RepoStart(way="copy", seconds=host_s + time.monotonic() - began), prepared.commit
+    return RepoStart(way="copy", seconds=host_s + time.monotonic() - began), prepared.commit, ""
+
+
+def _joined(first: str, second: str) -> str:
+    """Two patches as one (`git apply` takes their file sections in turn)."""
+    if not first.strip():
+        return second
+    return (first if first.endswith("\n") else first + "\n") + second
 
 
 def _failed(error: BaseException, traced: list[TracedTest]) -> Ending:

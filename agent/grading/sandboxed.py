@@ -1,7 +1,8 @@
 """One prediction in one fresh sandbox, step for step as the official harness's `run_instance` does it.
 
 1. A fresh sandbox from the instance's image. Official images hold the repository at /testbed
-   already (a SWE-smith instance's base is made there from the image's HEAD and its bug patch); an
+   already (a SWE-smith instance is put at its bug with the FAIL_TO_PASS test files present, which
+   its episode did not see: `tests_commit`, or the image's HEAD plus its bug patch); an
    instance of ours gets it placed there (`place_repository`, the one call to change when images
    carry every repository).
 2. The model patch at /tmp/patch.diff, written as given, applied by the first command of swebench's
@@ -26,7 +27,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from agent.episode.failures import classify
-from agent.episode.repo import RepoError, place_in_sandbox, prepare_repo, reach_base
+from agent.episode.repo import RepoError, place_in_sandbox, prepare_repo, reach_tests_base
 from agent.grading import official
 from agent.grading.forgery import Finding, check_patch
 from agent.grading.specs import GradingSpec
@@ -65,11 +66,12 @@ def docker_factory(config: SandboxConfig) -> Sandbox:
 
 def place_repository(sandbox: Sandbox, instance: Instance, spec: GradingSpec) -> None:
     """Put the repository at /testbed at the base commit: nothing to do in an official image, except for
-    an instance whose base is made from the image's HEAD and its bug patch (SWE-smith), made here as the
-    episode made it (agent.episode.base_patch: the same commit, which the graded patch is relative to)."""
+    a SWE-smith instance (it has a bug patch), graded where SWE-smith's harness grades: its bug with the
+    FAIL_TO_PASS test files the episode did not see (agent.episode.repo.reach_tests_base: `tests_commit`
+    if the image has the task branch, else the episode's base made again with those files in it)."""
     if spec.in_image:
         if instance.bug_patch.strip():
-            reach_base(sandbox, instance.base_commit or None, instance.bug_patch)
+            reach_tests_base(sandbox, instance.base_commit or None, instance.tests_commit, instance.bug_patch)
         return
     prepared = prepare_repo(repo_source(instance, mirror=True), instance.base_commit or None)
     try:

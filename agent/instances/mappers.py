@@ -9,7 +9,8 @@ One mapper per family, chosen by the source (`--subset`) or detected from the co
   the bug patch is kept in `Instance.bug_patch`. The episode starts at the bug branch (`base_commit` is
   the instance id unless the row names a commit) if the image has it; images as SWE-smith publishes them
   do not (its harness fetches the branch from GitHub), and the base is then made in the sandbox from the
-  image's HEAD and the bug patch (agent.episode.base_patch).
+  image's HEAD and the bug patch, without the FAIL_TO_PASS test files (agent.episode.base_patch).
+  `tests_commit` (`<id>~1`) is where SWE-smith grades, those files present (agent.episode.repo.reach_tests_base).
 - swe-rebench: `docker_image` (or `image_name`) is the image; FAIL_TO_PASS/PASS_TO_PASS come as lists;
   `install_config` (Python version, packages, test command), with the `requirements` and `environment`
   columns folded into it, is kept for `agent.instances.envs`.

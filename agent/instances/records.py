@@ -100,9 +100,9 @@ class Instance(BaseModel):
     test_command: str | None = Field(default=None, description="how to run the tests named in FAIL/PASS_TO_PASS")
     install_config: InstallConfig | None = Field(default=None, description="an install spec carried by the row "
                                                  "(SWE-rebench): builds the environment when there is no image")
-    tests_commit: str | None = Field(default=None, description="SWE-smith: where its harness takes the FAIL_TO_PASS "
-                                     "test files back from (its branch head deleted them); kept, not read by this "
-                                     "runner, whose bases keep those files")
+    tests_commit: str | None = Field(default=None, description="SWE-smith: where its harness grades, the FAIL_TO_PASS "
+                                     "test files present (its branch head deleted them); grading checks it out when "
+                                     "the image has the branch (agent.episode.repo.reach_tests_base)")
     bug_patch: str = Field(default="", description="SWE-smith: the row's `patch`, which CREATES the bug (the gold "
                            "fix, `patch`, is its reverse); when the image lacks `base_commit` (the bug branch), the "
                            "episode and grading make the base from the image's HEAD and this patch")

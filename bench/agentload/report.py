@@ -146,4 +146,10 @@ def table(report: dict[str, Any]) -> str:
         cells = [f"{row['bucket']}: {_fmt(row['p50_s'], '.2f')}/{_fmt(row['p95_s'], '.2f')} s (n={row['n']})"
                  for row in level["ttft"]]
         lines.append(f"  TTFT p50/p95 at {level['concurrency']}: " + ("; ".join(cells) or "no requests"))
+    for level in report["levels"]:
+        if "admission" in level:
+            gate = level["admission"]
+            lines.append(f"  admission at {level['concurrency']}: window {gate['window']} (min {gate['min_window']}, "
+                         f"max {gate['max_window']}), at most {gate['peak_active']} running and {gate['peak_held']} "
+                         f"held" + ("" if gate["enabled"] else " (off: no KV metrics)"))
     return "\n".join(lines)

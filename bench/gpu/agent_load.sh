@@ -10,7 +10,7 @@
 # Needs .gpu/agentdeps carried (bench/gpu/prepare_agent_load.sh). Scaled down for a short device
 # lease (docs/benchmarks.md says so): episodes of up to TURNS turns and MAXLEN tokens, DURATION s
 # measured per level after at most WARMUP s of warm-up.
-# Usage: bash bench/gpu/agent_load.sh CONFIG...   (env: LEVELS TURNS MAXLEN DURATION WARMUP UTIL BUDGET_S,
+# Usage: bash bench/gpu/agent_load.sh CONFIG...   (env: LEVELS TURNS MAXLEN DURATION WARMUP UTIL ADMISSION BUDGET_S,
 # the seconds from now by which everything must be done)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -68,10 +68,18 @@ for config in "$@"; do
   grep -E "GPU KV cache size|Maximum concurrency|Available KV cache" "/tmp/vllm-$config.log" | tail -3
   python3 "$root/bench/serve_bench.py" --sections concurrency --concurrency "$levels" \
     --json "$out/synthetic-$config.json" 2>&1 | tail -4
-  python3 "$root/bench/agent_load.py" --label "$config" --levels "$levels" --duration "$duration" \
-    --warmup-max "$warmup" --scale-to "$turns:$maxlen" --max-context "$maxlen" --allowed-tokens-from /tmp/cwm \
-    --synthetic-json "$out/synthetic-$config.json" --json "$out/agent-load-$config.json" --stop-at "$stop_at" \
-    2>&1 | tail -12
+  # With ADMISSION=1 the same server is measured twice, plain and then with --admission (agent batch's
+  # KV-aware admission deciding how many of each level's episodes run), each in half the time left.
+  runs=("plain"); [ "${ADMISSION:-0}" = 1 ] && runs+=("admission")
+  for way in "${runs[@]}"; do
+    now=$(date +%s); until=$stop_at
+    [ "$way" = plain ] && [ ${#runs[@]} = 2 ] && until=$(( now + (stop_at - now) / 2 ))
+    label=$config; flag=(); [ "$way" = admission ] && { label="$config+admission"; flag=(--admission); }
+    python3 "$root/bench/agent_load.py" --label "$label" --levels "$levels" --duration "$duration" \
+      --warmup-max "$warmup" --scale-to "$turns:$maxlen" --max-context "$maxlen" --allowed-tokens-from /tmp/cwm \
+      --synthetic-json "$out/synthetic-$config.json" --json "$out/agent-load-${label/+/-}.json" --stop-at "$until" \
+      "${flag[@]}" 2>&1 | tail -16
+  done
   grep -E "GPU KV cache size|Maximum concurrency" "/tmp/vllm-$config.log" > "$out/kv-$config.txt"
   stop_server
 done

@@ -292,3 +292,22 @@ def test_levels_share_the_time_left_before_the_deadline() -> None:
     assert warm == pytest.approx(0.45 * 50, abs=0.5) and window == pytest.approx(50 - warm, abs=0.5)
     args.stop_at = time.time() + 8 + 15  # too little for a window of 10 s after warming up
     assert agent_load.level_budget(args, 1)[1] == 0.0
+
+
+def test_admission_holds_new_episodes_while_the_kv_cache_is_full() -> None:
+    """With --admission, the batch's controller decides how many episodes run: a server whose KV cache
+    is full with requests waiting keeps the window at its start or below it, and the episodes beyond it
+    wait (held) instead of running; requests of more episodes than the window never overlap."""
+    with FakeOpenAIServer(prefix_cache=True, kv_capacity=1, max_model_len=MAX_CONTEXT) as server:
+        report = bench(server, "--levels", "6", "--duration", "2", "--scale-to", f"{TURNS}:9000",
+                       "--admission", "--admission-start", "2")
+    gate = report["levels"][0]["admission"]
+    assert gate["enabled"] and gate["max_window"] <= 2 and gate["window"] >= 1
+    assert gate["peak_held"] >= 4  # six players, at most two running: the others were held
+    assert 1 <= gate["peak_active"] <= 2
+    spans = [(r["started"], r["ended"], r["episode"]) for r in report["records"] if r["ended"] is not None]
+    assert spans
+    for started, ended, _ in spans:  # episodes with a request in flight at each request's start
+        overlapping = {episode for s, e, episode in spans if s <= started < e}
+        assert len(overlapping) <= 2
+    assert "admission at 6: window" in agent_load.table(report)

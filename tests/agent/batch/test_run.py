@@ -188,9 +188,29 @@ def test_resume_refuses_other_instances_or_settings(tmp_path: Path) -> None:
         BatchState.open(tmp_path / "run", instances, config.model_copy(update={"samples": 2}), resume=True)
     with pytest.raises(BatchRefused, match="pass --resume"):
         BatchState.open(tmp_path / "run", instances, config, resume=False)
+    with pytest.raises(BatchRefused, match="image_prefix differ"):  # arm64 images are other images
+        BatchState.open(tmp_path / "run", instances,
+                        config.model_copy(update={"image_prefix": "swebench/sweb.eval.arm64."}), resume=True)
+    with pytest.raises(BatchRefused, match="platform differ"):
+        BatchState.open(tmp_path / "run", instances, config.model_copy(update={"platform": "linux/arm64"}),
+                        resume=True)
     state = BatchState.open(tmp_path / "run", instances, config, resume=True)
     assert len(state.todo()) == 3 and len(state.sessions) == 2
     state.close()
+
+
+def test_the_run_config_keeps_what_names_the_images_and_not_the_mirror(tmp_path: Path) -> None:
+    from agent.batch.run import BatchRequest, _config
+    from agent.instances.images import ImageOptions
+    from images.registry import PullOptions
+
+    def config(**images: object) -> object:
+        return _config(BatchRequest(instances=make_instances(1), output=tmp_path, model="replay:/x",
+                                    images=ImageOptions(**images)))
+
+    assert config(registry="mirror.example:5000").differences(config()) == []
+    assert config(prefix="swebench/sweb.eval.arm64.").differences(config()) == ["image_prefix"]
+    assert config(pull=PullOptions(platform="linux/arm64")).differences(config()) == ["platform"]
 
 
 def test_a_torn_status_line_is_cut_off(tmp_path: Path) -> None:

@@ -12,7 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.batch.tracing import DROPPED_FILE, TraceArchive, TraceTests, pack_traces, write_traces
+from agent.batch.tracing import (
+    DROPPED_FILE,
+    TraceArchive,
+    TraceTests,
+    error_dir,
+    error_dirs,
+    pack_traces,
+    place_traces,
+    staging_dir,
+    staging_dirs,
+    unreference,
+    write_traces,
+)
 from agent.instances.records import Instance
 from tests.helpers import REPO_ROOT
 from traces.recorder import Recorder
@@ -118,3 +130,39 @@ def test_a_bad_archive_writes_nothing_and_the_driver_goes_on(tmp_path: Path, arc
 def test_without_trace_tests_nothing_changes(tmp_path: Path) -> None:
     output, trajectory = solve_output(tmp_path)
     assert pack_traces(None, INSTANCE, 0, output, trajectory) == (trajectory, None)
+
+
+def test_an_errored_attempt_keeps_the_phases_it_reached_in_its_own_folder(tmp_path: Path) -> None:
+    """Only the "before" phase ran: its records point at the attempt's folder, and untraceable ids are
+    recorded for that phase only (the episode never reached "after")."""
+    output = tmp_path / "live"
+    folder = output / "demo__demo-1.traces" / "before" / "test_a"
+    folder.mkdir(parents=True)
+    (folder / "trace.jsonl").write_text("t")
+    recorder = Recorder(output / "t.traj.jsonl", Header(run_id="r", instance_id="demo__demo-1",
+                                                        model=ModelInfo(kind="replay")))
+    recorder.end(Ending(status="error", reason="ModelError: gone", test_traces=[TracedTest(
+        node_id="tests/t.py::test_a", phase="before", path="demo__demo-1.traces/before/test_a", frames=1)]))
+    recorder.close()
+    text, archive = pack_traces(TraceTests.from_words(["failing"]), INSTANCE, 1, output,
+                                (output / "t.traj.jsonl").read_text(), folder=error_dir(1, 3))
+    ending = Ending.model_validate_json(text.splitlines()[-1])
+    assert [(t.phase, t.path) for t in ending.test_traces] == [
+        ("before", "1.attempt3.error.traces/before/test_a"), ("before", None)]
+    run = tmp_path / "run"
+    assert place_traces(run / error_dir(1, 3), archive, text) == (text, ["before"])
+    assert place_traces(run / "1.traces", TraceArchive(data="!", files=1, bytes=1), text)[1] == []
+    gone = Ending.model_validate_json(unreference(text, error_dir(1, 3), "not kept").splitlines()[-1])
+    assert [(t.path, t.error) for t in gone.test_traces][0] == (None, "not kept")
+
+
+def test_attempt_and_staging_folders_are_found_by_their_sample(tmp_path: Path) -> None:
+    """Sample 1's folders are not sample 11's: a tidy-up of one must never touch the other's."""
+    for name in ("1.attempt2.error.traces", "11.attempt2.error.traces", "1.attempt2.error.jsonl", "1.traces",
+                 ".1.traces.partial", ".11.traces.partial", ".1.attempt4.error.traces.partial",
+                 ".11.attempt4.error.traces.partial"):
+        (tmp_path / name).mkdir()
+    assert error_dirs(tmp_path, 1) == {2: tmp_path / "1.attempt2.error.traces"}
+    assert sorted(p.name for p in staging_dirs(tmp_path, 1)) == [".1.attempt4.error.traces.partial",
+                                                                 ".1.traces.partial"]
+    assert staging_dir(tmp_path / "1.traces") == tmp_path / ".1.traces.partial"
