@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,7 @@ def normalised_export(examples: Path) -> tuple[dict[str, Any], list[dict[str, An
     return by_id, entries
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt-get install strace)")
 def test_sigkill_while_traces_are_unpacked_then_resume(traced_batch: TracedBatch, tmp_path: Path) -> None:
     """strace kills the runner (SIGKILL, no cleanup) as it renames the first finished episode's unpacked
     traces into place: they are whole in their staging folder, the outcome is not committed, and the
