@@ -165,6 +165,31 @@ class PullProgress(BaseModel):
 
 ProgressCallback = Callable[[PullProgress], None]
 
+# Callbacks told of every pull in this process (pulls_watched): a batch's episodes pull their images in
+# worker threads that know nothing of the live display.
+_watchers: list[ProgressCallback] = []
+_watchers_lock = threading.Lock()
+
+
+@contextmanager
+def pulls_watched(callback: ProgressCallback) -> Iterator[None]:
+    """While the block runs, `callback` hears of every pull of this process: each progress event, then
+    once more with status `done` or `failed`."""
+    with _watchers_lock:
+        _watchers.append(callback)
+    try:
+        yield
+    finally:
+        with _watchers_lock:
+            _watchers.remove(callback)
+
+
+def _report(progress: PullProgress, on_progress: ProgressCallback | None) -> None:
+    with _watchers_lock:
+        listeners = ([on_progress] if on_progress is not None else []) + _watchers
+    for listener in listeners:
+        listener(progress)
+
 
 class _Client(docker.APIClient):
     """docker-py sends a pull with no read timeout at all (`ImageApiMixin.pull` passes `timeout=None`), so
@@ -226,12 +251,16 @@ def pull_once(name: str, options: PullOptions, on_progress: ProgressCallback | N
                 message = str((event.get("errorDetail") or {}).get("message") or event["error"])
                 raise PullError(name, classify(message), message)
             progress.update(event)
-            if on_progress is not None:
-                on_progress(progress)
+            _report(progress, on_progress)
             if time.monotonic() > deadline:
                 raise PullError(name, "timeout", f"still pulling after {options.timeout_s:g} s")
+        progress.status = "done"
+    except BaseException:  # a PullError, or the runner interrupted: the listeners hear it ended
+        progress.status = "failed"
+        raise
     finally:
         api.close()  # also ends a pull abandoned at its deadline: the daemon sees the stream closed
+        _report(progress, on_progress)
 
 
 class Puller:

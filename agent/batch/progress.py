@@ -11,6 +11,9 @@ once is shown but not counted as finished. While the model server or the Docker 
 (agent.batch.outages), both displays say which, since when, and that new episodes wait for it. While
 KV-aware admission (agent.batch.admission) allows fewer episodes than there are workers, the live
 display's header says "admitting N of W (KV x%)"; plain lines say so at each change with --verbose.
+Images pulled while the batch runs (an episode's instance image, images.registry.pulls_watched) show as
+a line each with their bytes so far on the live display, and as a line when they start and end in plain
+output: without it a slot would sit at step 0 for the minutes a 5 GB image takes.
 
 Worker threads call `step`; the driver thread calls everything else. Both implementations lock.
 """
@@ -20,13 +23,18 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from images.registry import PullProgress
+
+ENDED_PULL = ("done", "failed")
 
 
 class BatchProgress(Protocol):
@@ -45,6 +53,10 @@ class BatchProgress(Protocol):
 
     def admission(self, allowed: int, workers: int, kv_usage: float | None) -> None:
         """Admission now allows `allowed` episodes in flight of `workers` (the server's KV share)."""
+        ...
+
+    def pull(self, progress: PullProgress) -> None:
+        """An image pull of this process moved (any thread); its status is `done` or `failed` at the end."""
         ...
 
     def close(self) -> None: ...
@@ -104,6 +116,7 @@ class LogProgress:
         self._verbose = verbose
         self._counts = _Counts()
         self._slots: dict[int, _Slot] = {}
+        self._pulling: set[str] = set()
         self._lock = threading.Lock()
 
     def _print(self, text: str) -> None:
@@ -157,6 +170,17 @@ class LogProgress:
             with self._lock:
                 self._print(admission_line(allowed, workers, kv_usage))
 
+    def pull(self, progress: PullProgress) -> None:
+        with self._lock:  # a line when a pull starts and when it ends, not one per event
+            ended = progress.status in ENDED_PULL
+            if progress.image in self._pulling and not ended:
+                return
+            if ended:
+                self._pulling.discard(progress.image)
+            else:
+                self._pulling.add(progress.image)
+            self._print(pull_line(progress))
+
     def close(self) -> None:
         pass
 
@@ -178,6 +202,8 @@ class LiveProgress:
         self._task = self._bar.add_task("batch", total=1, stats="")
         self._outages: dict[str, float] = {}
         self._admitting: str | None = None
+        self._pulls: dict[str, PullProgress] = {}
+        self._pulls_announced: set[str] = set()
         self._live = Live(self, console=console, refresh_per_second=4, transient=False)
         self._live_started = False
 
@@ -197,7 +223,8 @@ class LiveProgress:
             down = [Text(f"{outage_line(r, since)} ({_clock(time.time() - since)})", style="bold red")
                     for r, since in sorted(self._outages.items())]
             header = [Text(self._admitting, style="yellow")] if self._admitting else []
-        return Group(*header, table, self._bar, *down)
+            pulls = [Text(pull_line(p), style="cyan") for _, p in sorted(self._pulls.items())]
+        return Group(*header, table, *pulls, self._bar, *down)
 
     def begin(self, total: int, finished: int, errored: int, resolved: int, workers: int, evaluating: bool) -> None:
         with self._lock:
@@ -243,6 +270,18 @@ class LiveProgress:
         with self._lock:
             self._admitting = admission_line(allowed, workers, kv_usage) if allowed < workers else None
 
+    def pull(self, progress: PullProgress) -> None:
+        ended = progress.status in ENDED_PULL
+        with self._lock:
+            if ended:
+                self._pulls.pop(progress.image, None)
+            else:
+                self._pulls[progress.image] = progress.model_copy(deep=True)
+        if ended or not self._live_started:  # before the display starts (the first image), plain lines
+            if ended or progress.image not in self._pulls_announced:
+                self._pulls_announced.add(progress.image)
+                self._console.print(pull_line(progress), highlight=False, soft_wrap=True, markup=False)
+
     def close(self) -> None:
         if self._live_started:
             self._live.stop()
@@ -261,6 +300,25 @@ def admission_line(allowed: int, workers: int, kv_usage: float | None) -> str:
     """What both displays say while admission holds episodes back (agent.batch.admission)."""
     kv = f" (KV {kv_usage:.0%})" if kv_usage is not None else ""
     return f"admitting {allowed} of {workers}{kv}"
+
+
+def pull_line(progress: PullProgress) -> str:
+    """What both displays say about an image pull: under way (bytes so far, when the registry told the
+    sizes), or its end."""
+    if progress.status == "done":
+        return f"pulled {progress.image}" + (f" ({_size(progress.total)})" if progress.total else "")
+    if progress.status == "failed":
+        return f"pull of {progress.image} failed"
+    sizes = f": {_size(progress.done)} of {_size(progress.total)}" if progress.total else ""
+    return f"pulling {progress.image}{sizes}"
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def _clock(seconds: float | None) -> str:

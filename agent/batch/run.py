@@ -370,6 +370,7 @@ def run_batch(request: BatchRequest, progress: BatchProgress | None = None) -> B
     full to open the run; a run stopped later returns with `stopped` set.
     """
     from agent.batch.progress import make_progress
+    from images.registry import pulls_watched
     from sandbox import lifecycle
 
     if request.select == "oracle" and not request.evaluate:
@@ -391,29 +392,30 @@ def run_batch(request: BatchRequest, progress: BatchProgress | None = None) -> B
                       docker=request.executor == "local" or request.ray_address is None, on_change=progress.outage)
     pool: Executor | None = None
     ran, stopped = 0, None
-    try:
-        jobs = _jobs(request, state, specs)
-        total, before = len(request.instances) * request.samples, state.totals()
-        errored = 0 if request.redo_errors else before.error - before.infra_errors  # infra errors are redone
-        progress.begin(total, total - len(jobs), errored, before.resolved, request.workers, request.evaluate)
-        if jobs:
-            pool = _executor(request, progress)
-            admission = make_admission(request.admission, request.workers, {job.model_spec for job in jobs},
-                                       on_change=progress.admission)
-            ran = _drive(state, pool, jobs, progress, request.max_attempts, gate, admission)
-        if request.select == "regression":
-            rank_by_existing_tests(state, request.workers)  # after the episodes: see agent.batch.selection
-    except BatchStopped as error:
-        stopped = str(error)
-    except OSError as error:  # the driver's own writes: trajectory, patch, status log, manifest
-        if not disk_full(error):
-            raise
-        stopped = str(disk_full_stop(state.layout.root))
-    finally:
-        if pool is not None:
-            pool.close()
-        progress.close()
-        state.close()
+    with pulls_watched(progress.pull):  # instance images pulled by episodes show on the display
+        try:
+            jobs = _jobs(request, state, specs)
+            total, before = len(request.instances) * request.samples, state.totals()
+            errored = 0 if request.redo_errors else before.error - before.infra_errors  # infra errors are redone
+            progress.begin(total, total - len(jobs), errored, before.resolved, request.workers, request.evaluate)
+            if jobs:
+                pool = _executor(request, progress)
+                admission = make_admission(request.admission, request.workers, {job.model_spec for job in jobs},
+                                           on_change=progress.admission)
+                ran = _drive(state, pool, jobs, progress, request.max_attempts, gate, admission)
+            if request.select == "regression":
+                rank_by_existing_tests(state, request.workers)  # after the episodes: see agent.batch.selection
+        except BatchStopped as error:
+            stopped = str(error)
+        except OSError as error:  # the driver's own writes: trajectory, patch, status log, manifest
+            if not disk_full(error):
+                raise
+            stopped = str(disk_full_stop(state.layout.root))
+        finally:
+            if pool is not None:
+                pool.close()
+            progress.close()
+            state.close()
     return _result(request, state, ran, started, stopped, gate.seen)
 
 

@@ -77,6 +77,8 @@ def test_batch_pulls_runs_in_the_image_and_grades_resolved(tmp_path: Path, base_
         assert done.returncode == 0, done.stdout + done.stderr
         assert "1/1 done, 0 errored" in done.stdout and "1/1 resolved" in done.stdout, done.stdout
         assert image_present(pushed)  # pulled from the registry by its official name
+        output = done.stdout + done.stderr  # the display says what it pulls, and when the pull ended
+        assert f"pulling {pushed}" in output and f"pulled {pushed} (" in output, output
 
         (trajectory,) = out.rglob("*.traj.jsonl")
         recorded = read_trajectory(trajectory)

@@ -263,3 +263,41 @@ def test_cli_without_docker_needs_no_daemon_for_usage_errors(tmp_path: Path) -> 
                            "--redo-errors"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 2 and "--resume" in done.stderr
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_pull_lines_say_the_bytes_and_the_end() -> None:
+    from agent.batch.progress import pull_line
+    from images.registry import PullProgress
+
+    progress = PullProgress(image="swebench/x:latest", status="Downloading",
+                            layers={"a": (1_500_000, 2_000_000), "b": (0, 1_000_000_000)})
+    assert pull_line(progress) == "pulling swebench/x:latest: 1.5 MB of 1.0 GB"
+    assert pull_line(PullProgress(image="i", status="Pulling fs layer")) == "pulling i"
+    assert pull_line(progress.model_copy(update={"status": "done"})) == "pulled swebench/x:latest (1.0 GB)"
+    assert pull_line(PullProgress(image="i", status="failed")) == "pull of i failed"
+
+
+def test_the_live_display_shows_a_pull_while_it_runs() -> None:
+    from agent.batch.progress import LiveProgress
+    from images.registry import PullProgress
+
+    sink = io.StringIO()
+    live = LiveProgress(Console(file=sink, force_terminal=True, width=200))
+    early = PullProgress(image="first:latest", status="Downloading", layers={"a": (10, 100)})
+    live.pull(early)  # before the display starts: a plain line
+    live.pull(early.model_copy(update={"status": "done"}))
+    live.begin(total=2, finished=0, errored=0, resolved=0, workers=1, evaluating=False)
+    try:
+        live.pull(PullProgress(image="second:latest", status="Downloading", layers={"a": (5_000, 10_000)}))
+        shown = Console(file=io.StringIO(), width=200)
+        shown.print(live)
+        assert "pulling second:latest: 5.0 KB of 10.0 KB" in shown.file.getvalue()
+        live.pull(PullProgress(image="second:latest", status="done", layers={"a": (10_000, 10_000)}))
+        shown = Console(file=io.StringIO(), width=200)
+        shown.print(live)
+        assert "second:latest" not in shown.file.getvalue()
+    finally:
+        live.close()
+    text = sink.getvalue()
+    assert "pulling first:latest: 10 B of 100 B" in text and "pulled first:latest (100 B)" in text
+    assert "pulled second:latest (10.0 KB)" in text
