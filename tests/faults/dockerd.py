@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"
-BRIDGE = "cwmfault0"
-BRIDGE_ADDRESS = "10.253.0.1/24"
+BRIDGE_PREFIX = "cwmfault"  # + a number of this process: two suites (CI and a chaos run) can share a host
 
 
 class SecondDaemon:
@@ -35,17 +34,20 @@ class SecondDaemon:
         self.storage_driver = storage_driver or _main_storage_driver()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.root / "dockerd.log"
+        number = os.getpid() % 250
+        self.bridge = f"{BRIDGE_PREFIX}{os.getpid()}"[:15]  # a Linux interface name has at most 15 characters
+        self.bridge_address = f"10.253.{number}.1/24"
 
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def start(self, timeout_s: float = 60) -> None:
-        _ensure_bridge()
+        _ensure_bridge(self.bridge, self.bridge_address)
         (self.root / "config.json").write_text("{}")
         command = [DOCKERD, "--config-file", str(self.root / "config.json"), "--data-root", str(self.root / "data"),
                    "--exec-root", str(self.exec_root / "exec"), "--pidfile", str(self.exec_root / "docker.pid"),
-                   "-H", self.host, "--bridge", BRIDGE, "--iptables=false", "--ip-masq=false",
+                   "-H", self.host, "--bridge", self.bridge, "--iptables=false", "--ip-masq=false",
                    "--ip-forward=false"]
         if self.storage_driver:
             command += ["--storage-driver", self.storage_driver]
@@ -102,15 +104,15 @@ class SecondDaemon:
         _unmount_under(self.root, self.exec_root)
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.exec_root, ignore_errors=True)
-        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
 
-def _ensure_bridge() -> None:
+def _ensure_bridge(bridge: str, address: str) -> None:
     """The second daemon's own bridge (dockerd wants a bridge named by `--bridge` to exist already)."""
-    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0:
         return
-    for step in (["ip", "link", "add", BRIDGE, "type", "bridge"], ["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE],
-                 ["ip", "link", "set", BRIDGE, "up"]):
+    for step in (["ip", "link", "add", bridge, "type", "bridge"], ["ip", "addr", "add", address, "dev", bridge],
+                 ["ip", "link", "set", bridge, "up"]):
         subprocess.run(step, check=True, capture_output=True)
 
 
