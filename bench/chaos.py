@@ -12,8 +12,8 @@ Every few seconds (`--every`, jittered) one fault from the classes below strikes
 
     sigkill        SIGKILL the runner (no cleanup), then `--resume`                    local sessions
     server         kill the model server, start it again on its port after 2-6 s      any session
-    server_long    kill it for longer than `--outage-wait`: the batch stops itself;    any session
-                   start the server, then `--resume`
+    server_long    kill it for longer than `--outage-wait`: the batch stops itself     any session
+                   (or goes on, if the server is back before it asks again); `--resume`
     docker         restart the Docker daemon (SIGTERM: it stops every container)       any session
     disk           fill the run directory's disk: the batch stops; free it, `--resume` local sessions
     ray_worker     SIGKILL the Ray worker executing an episode                         Ray sessions
@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,7 +113,9 @@ class Rig:
             self.server.stop()
             time.sleep(rnd.uniform(2, 6) if fault == "server" else self.args.outage_wait + 6)
             self.server.start(port=self.port)
-            return fault == "server_long"
+            # Past the bound the batch stops at its next ask of the server, which backs off (up to 15 s):
+            # when the server is back first, the batch goes on instead. Either is right; the loop sees which.
+            return False
         if fault == "docker":
             self.daemon.restart(down_s=rnd.uniform(0, 3))
             return False
@@ -149,6 +152,25 @@ def _kill_ray_worker(wait_s: float = 10.0) -> bool:
     return False
 
 
+def _stops(runner: subprocess.Popen[bytes], timeout_s: float, work: Path) -> bool:
+    """Whether the runner ends by itself after a fault that should end it; if not, what its threads were
+    doing (py-spy, when installed) and the end of its log go to stderr, and it is killed: a finding."""
+    try:
+        runner.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        pass
+    dump = subprocess.run(["py-spy", "dump", "--pid", str(runner.pid)], capture_output=True, text=True) \
+        if shutil.which("py-spy") else None
+    log = (work / "chaos.log").read_text(errors="replace").splitlines()[-60:]
+    print(f"runner {runner.pid} still running {timeout_s:.0f} s after a fault that should stop it\n"
+          + (dump.stdout + dump.stderr if dump else "(no py-spy)") + "\n--- chaos.log ---\n" + "\n".join(log),
+          file=sys.stderr, flush=True)
+    runner.kill()
+    runner.wait()
+    return False
+
+
 def chaos_run(rig: Rig, out: Path) -> dict[str, Any]:
     """Sessions until the run is done, faults striking them; returns what happened."""
     args = rig.args
@@ -171,8 +193,8 @@ def chaos_run(rig: Rig, out: Path) -> dict[str, Any]:
             fault = rnd.choice(RAY_FAULTS if executor == "ray" else LOCAL_FAULTS)
             ends, landed = rig.strike(fault, runner)
             struck.append(fault if landed else f"{fault} (missed)")
-            if ends:
-                runner.wait(timeout=args.outage_wait + 120)
+            if ends and not _stops(runner, args.outage_wait + 120, rig.work):
+                struck[-1] += " (the runner did not stop: killed)"
         rig.recover()
         sessions.append({"executor": executor, "faults": struck, "exit": runner.returncode,
                          "wall_s": round(time.monotonic() - began, 1)})
